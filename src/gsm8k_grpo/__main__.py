@@ -1,0 +1,3 @@
+from gsm8k_grpo.cli import main
+
+main()

@@ -1,0 +1,313 @@
+"""Run configuration: pydantic models, presets, and the preset -> file -> --set merge.
+
+Sources, later wins: preset YAML (``--preset NAME``) -> ``--config FILE.yaml`` -> ``--set a.b=c``.
+Every model forbids unknown keys; cross-field checks say how to fix what they refuse.
+No torch here (the CLI imports this module and must start in well under a second).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A bad config input; str(e) is the one line shown to the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    path: str = Field("Qwen/Qwen2.5-0.5B-Instruct", description="hub id or local model dir ('builtin:NAME' = shipped)")
+    random_init: bool = Field(False, description="build the architecture from path's config with random weights")
+    config_overrides: dict[str, Any] = Field(default_factory=dict, description="config.json fields to override")
+    init_seed: int = 0
+    max_params_on_cpu: int = Field(100_000_000, description="bigger models refuse the CPU engine unless set explicitly")
+
+
+class DataConfig(_Strict):
+    path: str | None = Field(None, description="local GSM8K: dir with train/test .jsonl|.parquet, or a file; None = hub")
+    hub_name: str = "openai/gsm8k"
+    hub_config: str = "main"
+    max_train_samples: int | None = Field(None, ge=1)
+    seed: int = 0
+    instruction: str = "Please reason step by step, and put your final answer within \\boxed{}."
+    system_prompt: str | None = Field(None, description="None = the chat template's default")
+
+
+class RolloutConfig(_Strict):
+    engine: Literal["auto", "sglang", "hf"] = "auto"
+    n: int = Field(8, description="group size: samples per prompt")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(512, ge=1)
+    mem_fraction: float = Field(0.4, gt=0, lt=1, description="SGLang --mem-fraction-static")
+    enable_memory_saver: bool = Field(False, description="release SGLang memory during the update phase")
+    server_args: list[str] = Field(default_factory=list, description="extra sglang.launch_server arguments")
+    server_timeout_s: float = Field(600, gt=0)
+    hf_batch_size: int = Field(64, ge=1, description="sequences per generate() call in the HF engine")
+    gpus: int = Field(1, ge=0, description="GPUs given to the SGLang server when several are visible")
+
+
+class AlgorithmConfig(_Strict):
+    loss_agg: Literal["token", "sequence"] = Field("token", description="token = DAPO mean over all tokens; sequence = GRPO")
+    adv_norm: Literal["std", "none"] = Field("std", description="std = GRPO; none = Dr.GRPO (mean-centred only)")
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    kl_coef: float = Field(0.0, ge=0)
+    filter_groups: bool = Field(True, description="drop groups whose rewards are all equal (no signal)")
+    ppo_epochs: int = Field(1, ge=1)
+    reward_mode: Literal["strict", "lenient"] = "strict"
+    format_bonus: float = Field(0.0, ge=0, description="added when the completion has a \\boxed{} answer")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AlgorithmConfig":
+        if self.clip_low <= 0 or self.clip_high <= 0:
+            raise ValueError("algorithm.clip_low and clip_high must be positive (typical: 0.2 and 0.28)")
+        if self.clip_low >= 1:
+            raise ValueError("algorithm.clip_low must be < 1 (the ratio floor is 1 - clip_low)")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class TrainerConfig(_Strict):
+    batch_size: int = Field(8, ge=1, description="prompts per step")
+    mini_batch_size: int | None = Field(None, ge=1, description="prompts per optimizer step (None = batch_size)")
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (None = epochs over the data)")
+    micro_batch_tokens: int = Field(16384, ge=64, description="token budget (padded) of one forward/backward")
+    grad_checkpointing: bool = False
+    dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="compute dtype: auto = bf16 on GPU, fp32 on CPU")
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    logprob_chunk: int = Field(1024, ge=16, description="tokens per lm_head/log-softmax chunk")
+    gpu_memory_fraction: float | None = Field(None, gt=0, le=1, description="cap the trainer's share of its GPU")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainerConfig":
+        mb = self.mini_batch_size or self.batch_size
+        if self.batch_size % mb:
+            raise ValueError(
+                f"trainer.batch_size ({self.batch_size}) must be divisible by trainer.mini_batch_size ({mb}) "
+                "so every optimizer step sees whole groups"
+            )
+        return self
+
+
+class WeightsConfig(_Strict):
+    transport: Literal["auto", "ipc", "disk", "nccl"] = "auto"
+    bucket_mb: int = Field(512, ge=1)
+    disk_dir: str | None = Field(None, description="where disk sync writes (None = /dev/shm if it fits, else RUN_DIR)")
+
+
+class CheckpointConfig(_Strict):
+    every: int = Field(50, ge=0, description="save every N steps (0 = only at the end)")
+    keep_last: int = Field(2, ge=1)
+    save_dtype: Literal["bf16", "fp32", "auto"] = Field("auto", description="dtype of the exported HF model")
+
+
+class LoggingConfig(_Strict):
+    wandb: Literal["online", "offline", "disabled"] = "online"
+    project: str = "gsm8k-grpo-local"
+    entity: str | None = None
+    console_every: int = Field(1, ge=1)
+
+
+class EvalConfig(_Strict):
+    every: int = Field(0, ge=0, description="eval every N steps on a held-out test slice (0 = off)")
+    samples: int = Field(200, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="None = rollout.max_new_tokens")
+    at_end: bool = True
+
+
+class RunConfig(_Strict):
+    experiment_name: str = "grpo"
+    trial_name: str = "trial0"
+    output_dir: str = "./runs"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    weights: WeightsConfig = Field(default_factory=WeightsConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.rollout.n < 2:
+            raise ValueError("rollout.n (group size) must be >= 2: GRPO compares samples within a group")
+        for name in (self.experiment_name, self.trial_name):
+            if not name or "/" in name or name in (".", ".."):
+                raise ValueError(f"experiment_name/trial_name {name!r} must be a plain, non-empty folder name")
+        if self.weights.transport == "nccl" and self.rollout.engine == "hf":
+            raise ValueError("weights.transport=nccl needs rollout.engine=sglang (the HF engine lives in-process)")
+        if self.weights.transport == "ipc" and self.rollout.engine == "hf":
+            raise ValueError("weights.transport=ipc needs rollout.engine=sglang; use disk or auto with the HF engine")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.experiment_name / self.trial_name
+
+
+# ----------------------------------------------------------------------------- presets
+
+def _preset_dir() -> Path:
+    """Presets ship inside the wheel (gsm8k_grpo/presets); a source checkout reads ./presets."""
+    try:
+        p = resources.files("gsm8k_grpo") / "presets"
+        if p.is_dir():
+            return Path(str(p))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[2] / "presets"
+
+
+def preset_names() -> list[str]:
+    d = _preset_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise ConfigError(f"{what} cannot be read: {path} ({e.__class__.__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "malformed YAML"
+        raise ConfigError(f"{what} {path} is not valid YAML ({problem} at{where})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a YAML mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_preset(name: str) -> dict:
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(names)}")
+    data = _read_yaml(_preset_dir() / f"{name}.yaml", "preset")
+    data.setdefault("experiment_name", name)
+    return data
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_set(item: str) -> dict:
+    """'a.b=c' -> {'a': {'b': <yaml value of c>}}."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} is malformed; use --set section.key=value (e.g. --set trainer.batch_size=16)")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"--set {item!r} has an empty key; use --set section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML (quote strings with special characters)") from None
+    out: dict = {}
+    cur = out
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        full = f"{prefix}{name}"
+        keys.append(full)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, full + "."))
+    return keys
+
+
+def _format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"])
+    if e["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(loc, _known_keys(RunConfig), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown config key {loc!r}{hint}"
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if loc:
+        return f"config field {loc!r}: {msg} (got {e.get('input')!r})"
+    return f"config: {msg}"
+
+
+def build_config(
+    preset: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    data: dict = {}
+    if preset:
+        data = load_preset(preset)
+    if config_file:
+        data = _deep_merge(data, _read_yaml(Path(config_file), "config file"))
+    for item in overrides or []:
+        data = _deep_merge(data, parse_set(item))
+    return validate_config(data)
+
+
+def validate_config(data: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two config dicts ('key: old -> new')."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(config_diff(a, b, f"{prefix}{k}."))
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out

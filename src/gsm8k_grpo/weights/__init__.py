@@ -1,0 +1,1 @@
+"""Weight transports (trainer -> rollout engine) behind one interface, and GPU detection."""
