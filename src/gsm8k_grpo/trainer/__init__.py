@@ -1,0 +1,1 @@
+"""The FSDP2 trainer: loss (pure), batching, model wrapping, checkpoints, and the recipe."""

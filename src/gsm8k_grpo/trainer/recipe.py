@@ -1,0 +1,318 @@
+"""The GRPO recipe: the one place that orders a step.
+
+    batch -> rollouts -> rewards -> advantages -> update -> push -> log -> maybe eval -> maybe save
+
+setup() builds everything from the RunConfig (or resumes it from RUN_DIR/checkpoints/latest);
+train() runs the steps; save_checkpoint() writes an atomic checkpoint. Rank 0 owns the rollout
+engine and the transport; every rank trains its share of each batch (FSDP2).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gsm8k_grpo import metrics as M
+from gsm8k_grpo import reward as R
+from gsm8k_grpo.config import ConfigError, RunConfig, config_diff, to_yaml, validate_config
+from gsm8k_grpo.data import gsm8k, prompts
+from gsm8k_grpo.modeling import count_params, load_config, load_tokenizer, materialize
+from gsm8k_grpo.rollout import choose_engine, make_engine
+from gsm8k_grpo.rollout.base import SamplingParams
+from gsm8k_grpo.trainer import checkpoint as C
+from gsm8k_grpo.trainer.batching import TrainSample
+from gsm8k_grpo.trainer.fsdp import init_distributed
+from gsm8k_grpo.trainer.loss import group_advantages, group_has_signal
+from gsm8k_grpo.trainer.update import Trainer
+
+log = M.log
+# Keys that may change between a run and its resume without --force.
+RESUMABLE_CHANGES = ("logging.", "trainer.max_steps", "checkpoint.keep_last", "rollout.server_timeout_s",
+                     "eval.every", "eval.at_end")
+
+
+class ResumeError(Exception):
+    """A resume that must not happen silently; str() is the message."""
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 100_003 + step) % (2**31 - 1)
+
+
+class Recipe:
+    def __init__(self, cfg: RunConfig, *, restart: bool = False, force: bool = False):
+        self.cfg, self.restart, self.force = cfg, restart, force
+        self.engine = self.transport = self.metrics = None
+
+    # ================================================================== setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.device = self._device()
+        self.rank, self.world = init_distributed(self.device)
+        self.run_dir = cfg.run_dir
+        self.resume_from = self._prepare_run_dir()
+        M.setup_logging(self.run_dir)
+        if self.rank == 0:
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+
+        self.model_dir = materialize(cfg.model, self.run_dir / "base_model") if self.rank == 0 else None
+        self.model_dir = self._bcast(self.model_dir)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        from transformers import GenerationConfig
+        try:
+            gen_cfg = GenerationConfig.from_pretrained(self.model_dir)
+        except OSError:
+            gen_cfg = None
+        self.stop_ids = prompts.stop_token_ids(self.tokenizer, gen_cfg)
+
+        train = gsm8k.load_split("train", cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
+        self.pool = gsm8k.train_subset(train, cfg.data.max_train_samples, cfg.data.seed)
+        self.eval_set = None
+        if cfg.eval.every or cfg.eval.at_end:
+            test = gsm8k.load_split("test", cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
+            self.eval_set = test[: cfg.eval.samples]
+        spe = gsm8k.steps_per_epoch(len(self.pool), cfg.trainer.batch_size)
+        self.total_steps = cfg.trainer.max_steps or spe * cfg.trainer.epochs
+        self._prompt_cache: dict[int, list[int]] = {}
+
+        self.engine_kind = choose_engine(cfg.rollout.engine)
+        self._check_cpu_size()
+        self.trainer = Trainer(cfg, self.model_dir, self.device, self.total_steps, self.tokenizer.pad_token_id)
+        self.start_step, state = 0, {}
+        if self.resume_from is not None:
+            state = C.restore(self.resume_from, self.trainer)
+            self.start_step = state["step"]
+            log.info("resumed from %s (step %d)", self.resume_from, self.start_step)
+        if self.rank == 0:
+            self.engine = make_engine(self.engine_kind, self.model_dir, cfg.rollout, self.run_dir,
+                                      device=str(self.device), pad_token_id=self.tokenizer.pad_token_id)
+            self.transport = self._make_transport()
+            self.metrics = M.Metrics(self.run_dir, f"{cfg.experiment_name}/{cfg.trial_name}", cfg.model_dump(mode="json"),
+                                     cfg.logging.wandb, cfg.logging.project, cfg.logging.entity,
+                                     state.get("wandb_id"), self.start_step, self.total_steps)
+        if self.start_step > 0:  # the engine starts from the base weights: bring it to the checkpoint's
+            self._push(self.start_step)
+        log.info("run %s: %d steps of %d prompts x %d samples, engine %s, transport %s, device %s",
+                 self.run_dir, self.total_steps, cfg.trainer.batch_size, cfg.rollout.n, self.engine_kind,
+                 getattr(self.transport, "name", "-"), self.device)
+
+    def _device(self) -> torch.device:
+        want = self.cfg.trainer.device
+        if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=cpu")
+            import os
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            if self.cfg.trainer.gpu_memory_fraction:
+                torch.cuda.set_per_process_memory_fraction(self.cfg.trainer.gpu_memory_fraction, local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+
+    def _bcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _prepare_run_dir(self) -> Path | None:
+        """Decide fresh / resume / restart; refuse a resume whose config changed (unless --force)."""
+        run_dir = self.run_dir
+        found = C.latest(run_dir) if run_dir.exists() else None
+        if self.rank == 0 and self.restart and run_dir.exists():
+            aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(aside)
+            print(f"moved the old run dir aside: {aside}")
+            found = None
+        if self.world > 1:
+            dist.barrier()
+        found = None if self.restart else found
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if found is None:
+            if self.rank == 0:
+                for stale in ("metrics.jsonl",):
+                    (run_dir / stale).unlink(missing_ok=True)
+            return None
+        old = C.load_state(found).get("config", {})
+        diff = [d for d in config_diff(old, self.cfg.model_dump(mode="json"))
+                if not d.startswith(RESUMABLE_CHANGES)]
+        if diff and not self.force:
+            raise ResumeError(f"resume refused: the config differs from {found}: " + "; ".join(diff[:6])
+                              + (" ..." if len(diff) > 6 else "") + ". Pass --force to resume anyway, "
+                              "--restart to start over, or another trial_name.")
+        return found
+
+    def _check_cpu_size(self) -> None:
+        if self.engine_kind != "hf" or self.device.type == "cuda" or self.cfg.rollout.engine != "auto":
+            return
+        n = count_params(load_config(self.model_dir))
+        if n > self.cfg.model.max_params_on_cpu:
+            raise ConfigError(
+                f"model {self.cfg.model.path} has {n / 1e6:.0f}M parameters and no GPU is visible: the CPU engine "
+                f"would take hours. Run on a GPU host, or set rollout.engine=hf explicitly to insist")
+
+    def _make_transport(self):
+        from gsm8k_grpo.weights.detect import make_transport, plan
+
+        kind = self.cfg.weights.transport
+        if self.engine_kind == "hf":
+            kind = "disk" if kind == "auto" else kind
+        else:
+            n = torch.cuda.device_count()
+            try:
+                kind = plan(n, self.cfg.rollout.gpus if n > 1 else 1, "sglang", kind).transport
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        return make_transport(kind, self.engine, self.model_dir, self.run_dir, self.cfg.weights.bucket_mb,
+                              self.cfg.weights.disk_dir)
+
+    # ================================================================== train
+    def train(self) -> Path | None:
+        last_ckpt = None
+        step = self.start_step
+        for step in range(self.start_step + 1, self.total_steps + 1):
+            record = self.step(step)
+            if self.cfg.eval.every and step % self.cfg.eval.every == 0 and step < self.total_steps:
+                record.update(self.evaluate())
+            if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0 and step < self.total_steps:
+                record["time_save"], last_ckpt = self.save_checkpoint(step)
+            if step == self.total_steps:
+                if self.cfg.eval.at_end and self.eval_set:
+                    record.update(self.evaluate())
+                record["time_save"], last_ckpt = self.save_checkpoint(step)
+            if self.rank == 0:
+                self.metrics.log(step, record)
+                if step % self.cfg.logging.console_every == 0 or step == self.total_steps:
+                    log.info(self.metrics.progress_line(step, record))
+        if self.rank == 0 and self.start_step < self.total_steps:
+            png = M.plot(self.run_dir)
+            log.info("done: %d steps; checkpoint %s; curves %s", self.total_steps, last_ckpt, png)
+        return last_ckpt or C.latest(self.run_dir)
+
+    def _prompt(self, p: gsm8k.Problem) -> list[int]:
+        if p.idx not in self._prompt_cache:
+            d = self.cfg.data
+            self._prompt_cache[p.idx] = prompts.encode(self.tokenizer, p.question, d.instruction, d.system_prompt)
+        return self._prompt_cache[p.idx]
+
+    def rollout(self, step: int) -> tuple[list[TrainSample], dict]:
+        """Rank 0: generate, score, compute advantages, filter groups -> training samples + metrics."""
+        cfg, a = self.cfg, self.cfg.algorithm
+        problems = gsm8k.batch_for_step(self.pool, step - 1, cfg.trainer.batch_size, cfg.data.seed)
+        prompt_ids = [self._prompt(p) for p in problems]
+        params = SamplingParams(cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p,
+                                cfg.rollout.max_new_tokens, tuple(self.stop_ids), step_seed(cfg.seed, step))
+        t0 = time.time()
+        groups = self.engine.generate(prompt_ids, params)
+        t1 = time.time()
+        scores = [[R.score(self.tokenizer.decode(c.token_ids, skip_special_tokens=True), p.gold,
+                           a.reward_mode, a.format_bonus) for c in g] for p, g in zip(problems, groups)]
+        rewards = torch.tensor([[s.reward for s in g] for g in scores], dtype=torch.float32)   # [B, G]
+        adv = group_advantages(rewards, a.adv_norm)                                              # [B, G]
+        keep = group_has_signal(rewards) if a.filter_groups else torch.ones(len(groups), dtype=torch.bool)
+        samples = [TrainSample(prompt_ids[b], c.token_ids, float(adv[b, k]), c.logprobs)
+                   for b, g in enumerate(groups) if keep[b] for k, c in enumerate(g)]
+        comps = [c for g in groups for c in g]
+        lens = [len(c.token_ids) for c in comps]
+        flat = [s for g in scores for s in g]
+        stale = [c.weight_version for c in comps if c.weight_version is not None and c.weight_version != step - 1]
+        info = {
+            "reward_mean": float(rewards.mean()), "accuracy": sum(s.correct for s in flat) / len(flat),
+            "format_rate": sum(s.has_format for s in flat) / len(flat),
+            "response_len_mean": sum(lens) / len(lens), "response_len_max": max(lens),
+            "truncated_frac": sum(c.finish_reason == "length" for c in comps) / len(comps),
+            "filtered_group_frac": 1.0 - float(keep.float().mean()),
+            "time_generate": t1 - t0, "time_reward": time.time() - t1,
+            "gen_tokens_per_s": sum(lens) / max(t1 - t0, 1e-9), "stale_samples": len(stale),
+        }
+        return samples, info
+
+    def step(self, step: int) -> dict:
+        t0 = time.time()
+        samples, info = self.rollout(step) if self.rank == 0 else (None, None)
+        samples, info = self._bcast((samples, info))
+        t1 = time.time()
+        if samples:
+            stats = self.trainer.update(samples)
+        else:  # every group filtered out: nothing to learn from this batch
+            stats = {"samples_trained": 0, "tokens_trained": 0, "optimizer_steps": 0, "nonfinite_steps": 0}
+        t2 = time.time()
+        info.update(stats, time_update=t2 - t1)
+        if stats["nonfinite_steps"]:
+            log.warning("step %d: non-finite loss or grad norm in %d optimizer step(s): skipped",
+                        step, stats["nonfinite_steps"])
+        info["time_push"] = self._push(step) if stats["optimizer_steps"] else 0.0
+        info["time_step"] = time.time() - t0
+        return info
+
+    def _push(self, version: int) -> float:
+        t0 = time.time()
+        dtype = getattr(self.engine, "dtype", None) if self.rank == 0 else None
+        dtype = self._bcast(dtype) or torch.bfloat16
+        tensors = self.trainer.named_tensors(dtype)
+        if self.rank == 0:
+            self.transport.push(tensors, version)
+        else:
+            for _ in tensors:  # the all-gathers are collective: every rank must iterate
+                pass
+        return time.time() - t0
+
+    def evaluate(self) -> dict:
+        from gsm8k_grpo.eval import evaluate
+
+        if self.rank != 0:
+            return {}
+        c = self.cfg
+        res = evaluate(self.engine, self.tokenizer, self.eval_set, instruction=c.data.instruction,
+                       system_prompt=c.data.system_prompt, max_new_tokens=c.eval.max_new_tokens or c.rollout.max_new_tokens,
+                       stop_token_ids=self.stop_ids)
+        s = res.summary
+        log.info("eval on %d test questions: strict %.3f, lenient %.3f", s["questions"], s["strict_accuracy"],
+                 s["lenient_accuracy"])
+        return {"eval_accuracy": s["strict_accuracy"], "eval_accuracy_lenient": s["lenient_accuracy"],
+                "eval_response_len": s["mean_response_tokens"], "time_eval": s["seconds"]}
+
+    def save_checkpoint(self, step: int) -> tuple[float, Path]:
+        t0 = time.time()
+        state = {"config": self.cfg.model_dump(mode="json"),
+                 "data_cursor": {"step": step, "seed": self.cfg.data.seed, "pool": len(self.pool)},
+                 "wandb_id": getattr(self.metrics, "wandb_id", None), "base_model": self.model_dir}
+        dt = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(self.cfg.checkpoint.save_dtype,
+                                                                 self.trainer.compute_dtype)
+        path = C.save(self.run_dir, step, self.trainer, self.model_dir, state, self.cfg.checkpoint.keep_last, dt)
+        return time.time() - t0, path
+
+    def close(self) -> None:
+        for closer in (self.transport, self.engine, self.metrics):
+            try:
+                if closer is not None:
+                    closer.close()
+            except Exception as e:  # closing must never hide the real error
+                log.warning("close failed: %s", e)
+        M.close_logging()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(cfg: RunConfig, *, restart: bool = False, force: bool = False) -> Path | None:
+    recipe = Recipe(cfg, restart=restart, force=force)
+    try:
+        recipe.setup()
+        return recipe.train()
+    finally:
+        recipe.close()
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run dir (no config.yaml); start one with grpo train")
+    from gsm8k_grpo.config import _read_yaml
+
+    return validate_config(_read_yaml(path, "run config"))
+
+

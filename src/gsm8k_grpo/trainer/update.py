@@ -1,0 +1,167 @@
+"""The policy update: old log-probs once, then clipped policy-gradient steps over mini-batches.
+
+update(samples):
+  1. old_logp <- policy log-probs of every completion token (no grad), entropy, |old - engine|
+  2. for each PPO epoch, for each mini-batch (whole groups): for each micro-batch on this rank,
+     loss = sum(w_t * l_t) * world (FSDP averages grads over ranks) -> backward; then clip
+     grads, and step AdamW only when loss and grad norm are finite.
+Each rank trains on samples rank::world of every mini-batch; all ranks run the same number of
+micro-batches (empty ones padded with a zero-weight dummy) so FSDP collectives stay matched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from gsm8k_grpo.config import RunConfig
+from gsm8k_grpo.trainer import loss as L
+from gsm8k_grpo.trainer.batching import MicroBatch, TrainSample, collate, plan_micro_batches, shard_for_rank
+from gsm8k_grpo.trainer.fsdp import PolicyModel, full_named_tensors, wrap
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else 1.0 - frac
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, model_dir: str, device: torch.device, total_steps: int, pad_id: int):
+        from gsm8k_grpo.modeling import load_causal_lm
+
+        self.cfg, self.device, self.pad_id = cfg, device, pad_id
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.compute_dtype = torch.bfloat16 if (cfg.trainer.dtype == "bf16" or
+                                                (cfg.trainer.dtype == "auto" and device.type == "cuda")) else torch.float32
+        hf = load_causal_lm(model_dir, dtype=torch.float32, device=device)
+        hf.config.use_cache = False
+        if cfg.trainer.grad_checkpointing:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.hf_config = hf.config
+        self.model = wrap(PolicyModel(hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature), device,
+                          self.compute_dtype)
+        self.ref = None
+        if cfg.algorithm.kl_coef > 0:  # a frozen copy of the initial policy, only when KL is on
+            ref_hf = load_causal_lm(model_dir, dtype=self.compute_dtype, device=device).eval()
+            self.ref = PolicyModel(ref_hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature).requires_grad_(False)
+        o = cfg.optimizer
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        mbs = cfg.trainer.batch_size // (cfg.trainer.mini_batch_size or cfg.trainer.batch_size)
+        total_opt_steps = total_steps * mbs * cfg.algorithm.ppo_epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(o.schedule, o.warmup_steps, total_opt_steps))
+
+    # ------------------------------------------------------------------ helpers
+    def _micro_batches(self, samples: list[TrainSample]) -> list[MicroBatch | None]:
+        """This rank's micro-batches of `samples`, padded with None to the same count on every rank."""
+        mine = shard_for_rank(len(samples), self.rank, self.world)
+        groups = plan_micro_batches([samples[i].length for i in mine], self.cfg.trainer.micro_batch_tokens)
+        mbs: list[MicroBatch | None] = [collate(samples, [mine[j] for j in g], self.pad_id) for g in groups]
+        n = torch.tensor([len(mbs)], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        return mbs + [None] * (int(n) - len(mbs))
+
+    def _forward(self, model, mb: MicroBatch | None, with_entropy=False):
+        if mb is None:  # dummy for collective matching: one token, weight 0
+            ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
+            m = torch.tensor([[True, False]], device=self.device)
+            return model(ids, torch.ones_like(ids), m, ids, with_entropy)
+        d = self.device
+        return model(mb.input_ids.to(d), mb.attention_mask.to(d), mb.loss_mask.to(d), mb.targets.to(d), with_entropy)
+
+    def _all_sum(self, *xs: float) -> list[float]:
+        t = torch.tensor(xs, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    # ------------------------------------------------------------------ the update
+    @torch.no_grad()
+    def _old_logprobs(self, samples: list[TrainSample]):
+        """Per-sample old (and ref) log-prob tensors, plus entropy / mismatch sums on this rank."""
+        old: dict[int, torch.Tensor] = {}
+        ref: dict[int, torch.Tensor] = {}
+        ent_sum = mis_sum = toks = 0.0
+        for mb in self._micro_batches(samples):
+            logp, ent = self._forward(self.model, mb, with_entropy=True)
+            ref_logp = self._forward(self.ref, mb)[0] if self.ref is not None else None
+            if mb is None:
+                continue
+            logp = logp.float().cpu()
+            ent_sum += float(ent.sum())
+            mis_sum += float((logp - mb.engine_logprobs).abs().sum())
+            toks += mb.n_tokens
+            for j, (i, piece) in enumerate(zip(mb.index, torch.split(logp, mb.seq_lens.tolist()))):
+                old[i] = piece
+                if ref_logp is not None:
+                    ref[i] = torch.split(ref_logp.float().cpu(), mb.seq_lens.tolist())[j]
+        return old, ref, (ent_sum, mis_sum, toks)
+
+    def update(self, samples: list[TrainSample]) -> dict:
+        a = self.cfg.algorithm
+        self.model.train()
+        old, ref, (ent_sum, mis_sum, toks) = self._old_logprobs(samples)
+        mb_size = (self.cfg.trainer.mini_batch_size or self.cfg.trainer.batch_size) * self.cfg.rollout.n
+        stats = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "grad_norm": 0.0, "optimizer_steps": 0,
+                 "nonfinite_steps": 0}
+        clip_tok = kl_tok = all_tok = 0.0
+        lr = self.scheduler.get_last_lr()[0]
+        for _ in range(a.ppo_epochs):
+            for start in range(0, len(samples), mb_size):
+                mini = samples[start:start + mb_size]
+                n_tokens = sum(len(s.completion_ids) for s in mini)
+                loss_sum = clip_sum = kl_sum = 0.0
+                for mb in self._micro_batches(mini):
+                    logp, _ = self._forward(self.model, mb)
+                    if mb is None:
+                        (logp.sum() * 0.0).backward()
+                        continue
+                    ids = [start + i for i in mb.index]
+                    old_lp = torch.cat([old[i] for i in ids]).to(self.device)
+                    adv = mb.advantages.to(self.device)
+                    tok_loss, clipped = L.clipped_pg_loss(logp, old_lp, adv, a.clip_low, a.clip_high)
+                    if self.ref is not None:
+                        kl = L.kl_k3(logp, torch.cat([ref[i] for i in ids]).to(self.device))
+                        tok_loss = tok_loss + a.kl_coef * kl
+                        kl_sum += float(kl.detach().sum())
+                    w = L.token_weights(mb.seq_lens, a.loss_agg, n_tokens, len(mini)).to(self.device)
+                    mb_loss = (tok_loss * w).sum()
+                    (mb_loss * self.world).backward()
+                    loss_sum += float(mb_loss.detach())
+                    clip_sum += float(clipped.sum())
+                loss_sum, clip_sum, kl_sum = self._all_sum(loss_sum, clip_sum, kl_sum)
+                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optimizer.max_grad_norm)
+                gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+                if math.isfinite(loss_sum) and math.isfinite(gn):
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    stats["optimizer_steps"] += 1
+                else:
+                    stats["nonfinite_steps"] += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                stats["loss"] += loss_sum
+                stats["grad_norm"] = gn
+                clip_tok += clip_sum
+                kl_tok += kl_sum
+                all_tok += n_tokens
+        n_mb = max(1, stats["optimizer_steps"] + stats["nonfinite_steps"])
+        ent_sum, mis_sum, toks = self._all_sum(ent_sum, mis_sum, toks)
+        stats.update(
+            loss=stats["loss"] / n_mb, clip_frac=clip_tok / max(all_tok, 1), kl=kl_tok / max(all_tok, 1),
+            entropy=ent_sum / max(toks, 1), logprob_mismatch=mis_sum / max(toks, 1),
+            samples_trained=len(samples), tokens_trained=int(toks), lr=lr,
+        )
+        return stats
+
+    def named_tensors(self, dtype: torch.dtype | None = None):
+        return full_named_tensors(self.model, dtype)
