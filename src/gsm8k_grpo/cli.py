@@ -177,6 +177,7 @@ def doctor(
     config: Optional[Path] = typer.Option(None, "--config", "-c"),
     set_: list[str] = typer.Option([], "--set", "-s"),
     json_: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    quick: bool = typer.Option(False, "--quick", help="Skip the 2-process GPU tests and the hub probe."),
 ) -> None:
     """Check this host for a run: GPUs, CUDA, NCCL, IPC, SGLang, /dev/shm, disk, ports, W&B key."""
 
@@ -187,7 +188,7 @@ def doctor(
         from gsm8k_grpo.config import build_config
 
         cfg = build_config(preset, config, set_) if (preset or config or set_) else None
-        checks = D.run_checks(cfg, cfg.run_dir if cfg else None)
+        checks = D.run_checks(cfg, cfg.run_dir if cfg else None, quick=quick)
         if json_:
             print(json.dumps(D.to_json(checks), indent=1))
         else:

@@ -103,3 +103,89 @@ def render(summary: dict, console, title: str = "GSM8K eval") -> None:
     t.add_row("wall time", f"{summary['seconds']:.1f} s  ({summary['questions_per_s']:.1f} questions/s, "
                            f"{summary['output_tokens_per_s']:.0f} tok/s)")
     console.print(t)
+
+
+class EvalInputError(Exception):
+    """Bad `grpo eval` input; str() is the one line shown to the user."""
+
+
+def check_model_dir(path: Path) -> str:
+    """A model dir written by training (or any HF dir); point at the right one when it is not."""
+    from gsm8k_grpo.modeling import is_model_dir
+
+    if not path.exists():
+        raise EvalInputError(f"checkpoint {path} does not exist")
+    if path.is_dir() and (path / "model").is_dir() and (path / "state.json").is_file():
+        return check_model_dir(path / "model")  # a checkpoint dir: its model/ is what we serve
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        from gsm8k_grpo.trainer.checkpoint import latest
+
+        found = latest(path)
+        hint = f"; use {found / 'model'}" if found else ""
+        raise EvalInputError(f"{path} is a run dir, not a model dir{hint}")
+    if path.is_dir() and path.name == "trainer" and (path / ".metadata").is_file():
+        raise EvalInputError(f"{path} is the trainer state (optimizer), not a model; use {path.parent / 'model'}")
+    if not path.is_dir() or not is_model_dir(path):
+        raise EvalInputError(f"{path} is not a model dir (needs config.json and *.safetensors)")
+    try:
+        json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError:
+        raise EvalInputError(f"{path}/config.json is corrupt (not valid JSON)") from None
+    return str(path)
+
+
+def run_cli(*, checkpoint: Path | None, model: str | None, samples: int | None, seed: int | None, engine: str,
+            temperature: float, n: int, max_new_tokens: int, data_path: str | None, output: Path | None,
+            config: Path | None, console) -> dict:
+    """`grpo eval`: resolve the model, pick the engine, evaluate, print / write the results."""
+    import random
+    import tempfile
+
+    from gsm8k_grpo.config import DataConfig, RolloutConfig, build_config
+    from gsm8k_grpo.data.gsm8k import load_split
+    from gsm8k_grpo.modeling import load_tokenizer, resolve_path
+    from gsm8k_grpo.rollout import choose_engine, make_engine
+
+    if n < 1 or (n > 1 and temperature == 0):
+        raise EvalInputError("--n > 1 needs --temperature > 0 (greedy samples are identical)")
+    if engine not in ("auto", "sglang", "hf"):
+        raise EvalInputError(f"--engine {engine!r}; valid: auto, sglang, hf")
+    cfg = build_config(config_file=config) if config else None
+    d = cfg.data if cfg else DataConfig()
+    model_dir = check_model_dir(checkpoint) if checkpoint is not None else resolve_path(model)
+    problems = load_split("test", data_path or d.path, d.hub_name, d.hub_config)
+    if samples is not None:
+        if samples < 1:
+            raise EvalInputError("--samples must be >= 1")
+        problems = random.Random(seed).sample(problems, min(samples, len(problems))) if seed is not None \
+            else problems[:samples]
+    tok = load_tokenizer(model_dir)
+    from transformers import GenerationConfig
+
+    from gsm8k_grpo.data.prompts import stop_token_ids
+    try:
+        gen = GenerationConfig.from_pretrained(model_dir)
+    except OSError:
+        gen = None
+    kind = choose_engine(engine)
+    rcfg = cfg.rollout if cfg else RolloutConfig()
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory(prefix="grpo-eval-") as tmp:
+        eng = make_engine(kind, model_dir, rcfg, Path(tmp), device=device, pad_token_id=tok.pad_token_id)
+        try:
+            res = evaluate(eng, tok, problems, instruction=d.instruction, system_prompt=d.system_prompt,
+                           max_new_tokens=max_new_tokens,
+                           stop_token_ids=stop_token_ids(tok, gen), temperature=temperature, n=n,
+                           seed=seed or 0)
+        finally:
+            eng.close()
+    res.summary.update(model=str(checkpoint or model), engine=kind)
+    if output is not None:
+        write_rows(res.rows, output)
+    if console is not None:
+        render(res.summary, console, title=f"GSM8K test: {checkpoint or model} ({kind} engine)")
+        if output is not None:
+            console.print(f"per-question results: {output}")
+    return res.summary

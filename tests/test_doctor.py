@@ -1,0 +1,219 @@
+"""grpo doctor on a CPU host: shape of the report, a forced failure, and the W&B key never leaking."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import types
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from gsm8k_grpo import doctor
+from gsm8k_grpo.config import build_config
+
+SENTINEL = "sk-doctor-test-SENTINEL-0123456789abcdef"
+
+
+@pytest.fixture
+def smoke():
+    return build_config(preset="smoke")
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch, tmp_path):
+    # run from an empty folder so a real ./wandb/.wandb_api_key never matters; no hub probes
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _rendered(checks) -> str:
+    buf = io.StringIO()
+    doctor.render(checks, Console(file=buf, width=200, force_terminal=False, color_system=None))
+    return buf.getvalue()
+
+
+def _by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_cpu_host_report_shape(smoke, tmp_path):
+    checks = doctor.run_checks(smoke, run_dir=tmp_path / "run")
+    data = doctor.to_json(checks)
+    json.dumps(data)  # serialisable
+    assert set(data) == {"ok", "checks"}
+    assert isinstance(data["ok"], bool)
+    for c in data["checks"]:
+        assert set(c) == {"name", "status", "detail", "fix"}
+        assert c["status"] in ("ok", "warn", "fail")
+        assert c["detail"] and "\n" not in c["detail"]
+    names = [c["name"] for c in data["checks"]]
+    assert len(names) == len(set(names))
+    for expected in ("python", "packages", "sglang", "cuda", "gpu", "nccl", "cuda_ipc", "shm", "disk", "port",
+                     "model", "data", "wandb", "transport", "memory"):
+        assert expected in names
+
+    by = _by_name(checks)
+    assert by["gpu"].status == "warn" and "no GPU" in by["gpu"].detail
+    assert by["sglang"].status == "ok" and ("not needed" in by["sglang"].detail or "unused" in by["sglang"].detail)
+    assert by["nccl"].status == "ok" and "skipped" in by["nccl"].detail
+    assert by["model"].status == "ok"  # builtin folder, random init
+    assert by["memory"].status == "ok" and "params" in by["memory"].detail
+    assert [c for c in checks if c.status == "fail"] == []
+    assert data["ok"] is True
+    assert doctor.exit_code(checks) == 0
+    text = _rendered(checks)
+    assert "gpu" in text and "no GPU" in text and "a run can start" in text
+
+
+def test_disk_failure_gives_exit_code_1(smoke, tmp_path, monkeypatch):
+    # shutil.disk_usage is monkeypatched because a test cannot fill a real disk: 1 GiB free < the 2 GiB floor
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(100 * 2**30, 99 * 2**30, 1 * 2**30))
+    checks = doctor.run_checks(smoke, run_dir=tmp_path / "run")
+    disk = _by_name(checks)["disk"]
+    assert disk.status == "fail" and disk.fix
+    assert doctor.exit_code(checks) == 1
+    assert doctor.to_json(checks)["ok"] is False
+    assert "fix the failures" in _rendered(checks)
+
+
+def test_disk_low_is_a_warning(smoke, tmp_path, monkeypatch):
+    Usage = namedtuple("Usage", "total used free")  # monkeypatched: see above
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(100 * 2**30, 95 * 2**30, 5 * 2**30))
+    disk = _by_name(doctor.run_checks(smoke, run_dir=tmp_path))["disk"]
+    assert disk.status == "warn"
+
+
+def test_wandb_key_never_printed(smoke, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SENTINEL)
+    checks = doctor.run_checks(smoke, run_dir=tmp_path)
+    wb = _by_name(checks)["wandb"]
+    assert "found in env" in wb.detail
+    assert SENTINEL not in json.dumps(doctor.to_json(checks))
+    assert SENTINEL not in _rendered(checks)
+
+    monkeypatch.delenv("WANDB_API_KEY")
+    (tmp_path / "wandb").mkdir()
+    (tmp_path / "wandb" / ".wandb_api_key").write_text(SENTINEL + "\n")
+    checks = doctor.run_checks(smoke, run_dir=tmp_path)
+    assert "found in file" in _by_name(checks)["wandb"].detail
+    assert SENTINEL not in json.dumps(doctor.to_json(checks))
+    assert SENTINEL not in _rendered(checks)
+
+
+def test_no_wandb_key_means_logging_off(smoke, tmp_path):
+    wb = _by_name(doctor.run_checks(smoke, run_dir=tmp_path, quick=True))["wandb"]
+    assert wb.status == "ok" and wb.detail.startswith("none: W&B logging off")
+
+
+def test_a_crashing_check_becomes_a_fail(smoke, tmp_path, monkeypatch):
+    def boom(ctx):
+        raise RuntimeError("port check exploded\nsecond line")
+
+    monkeypatch.setattr(doctor, "CHECKS", [(n, boom if n == "port" else f) for n, f in doctor.CHECKS])
+    checks = doctor.run_checks(smoke, run_dir=tmp_path)
+    port = _by_name(checks)["port"]
+    assert port.status == "fail" and "port check exploded" in port.detail and "second line" not in port.detail
+    assert doctor.exit_code(checks) == 1
+
+
+def test_missing_local_paths_fail(tmp_path):
+    cfg = build_config(preset="smoke", overrides=[f"model.path={tmp_path}/nope", f"data.path={tmp_path}/nada"])
+    by = _by_name(doctor.run_checks(cfg, run_dir=tmp_path, quick=True))
+    assert by["model"].status == "fail" and by["data"].status == "fail"
+
+
+def test_hub_model_offline_is_a_warning_not_a_fail(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    cfg = build_config(overrides=["model.path=someorg/not-cached-model"])
+    by = _by_name(doctor.run_checks(cfg, run_dir=tmp_path))
+    assert by["model"].status == "warn" and "model.path" in by["model"].fix
+
+
+def test_param_estimate_matches_qwen_05b():
+    from gsm8k_grpo import assets
+
+    cfg = json.loads((Path(assets.resolve("builtin:qwen2.5-0.5b-instruct")) / "config.json").read_text())
+    n = doctor.estimate_params(cfg)
+    assert abs(n - 494_032_768) / 494_032_768 < 0.01  # Qwen2.5-0.5B-Instruct: 494M with tied embeddings
+
+
+def test_memory_split_on_a_simulated_gpu(tmp_path):
+    # GPU facts injected by hand (no CUDA here): one 80 GiB GPU shared by trainer and SGLang
+    cfg = build_config(overrides=["rollout.engine=sglang", "model.path=builtin:qwen2.5-0.5b-instruct",
+                                  "model.random_init=true"])
+    ctx = doctor._Ctx(cfg=cfg, run_dir=tmp_path, quick=True, cuda=True,
+                      gpus=[doctor._Gpu(0, "Fake H100", 80 * 2**30, 79 * 2**30, (9, 0))])
+    ok = doctor.check_memory(ctx)
+    assert ok.status == "ok" and "SGLang" in ok.detail and "GPU 0" in ok.detail
+    cfg.rollout.mem_fraction = 0.9
+    tight = doctor.check_memory(ctx)
+    assert tight.status == "warn" and "mem_fraction" in tight.fix
+
+
+def test_transport_uses_detect_plan(smoke, tmp_path, monkeypatch):
+    Placement = namedtuple("Placement", "trainer_gpus server_gpus transport reason")
+    calls = {}
+
+    def plan(n_gpus, rollout_gpus, engine, transport, ipc_ok=True):
+        calls.update(n_gpus=n_gpus, engine=engine, transport=transport, ipc_ok=ipc_ok)
+        if transport == "nccl":
+            raise ValueError("nccl needs 2 GPUs")
+        return Placement([], [], "disk", "no GPU: in-process HF engine")
+
+    fake = types.ModuleType("gsm8k_grpo.weights.detect")
+    fake.visible_gpus = lambda: []
+    fake.plan = plan
+    monkeypatch.setitem(sys.modules, "gsm8k_grpo.weights.detect", fake)
+    import gsm8k_grpo.weights as w
+
+    monkeypatch.setattr(w, "detect", fake, raising=False)
+    t = _by_name(doctor.run_checks(smoke, run_dir=tmp_path, quick=True))["transport"]
+    assert t.status == "ok" and t.detail.startswith("disk") and calls["n_gpus"] == 0
+    with pytest.raises(Exception):
+        build_config(preset="smoke", overrides=["weights.transport=nccl"])  # config refuses nccl with hf
+    cfg = build_config(overrides=["weights.transport=nccl", "rollout.engine=sglang"])
+    t = _by_name(doctor.run_checks(cfg, run_dir=tmp_path, quick=True))["transport"]
+    assert t.status == "fail" and "nccl needs 2 GPUs" in t.detail
+
+
+def test_two_process_plumbing_with_gloo_and_shared_memory():
+    # The GPU checks' spawn/collect code, exercised on CPU: gloo all-reduce and a tensor handed to a child.
+    import torch
+    import torch.multiprocessing as tmp
+
+    mp = tmp.get_context("spawn")
+    q = mp.Queue()
+    port = doctor._free_port()
+    procs = [mp.Process(target=doctor._nccl_worker, args=(r, 2, port, q, "gloo"), daemon=True) for r in range(2)]
+    for p in procs:
+        p.start()
+    results, err = doctor._collect(q, 2, procs, 60)
+    doctor._close_queues(q)
+    assert err is None and sorted(r[:2] for r in results) == [(0, True), (1, True)]
+    assert all(r[2] == 3.0 for r in results)
+
+    q_in, q_out = mp.Queue(), mp.Queue()
+    p = mp.Process(target=doctor._ipc_worker, args=(q_in, q_out), daemon=True)
+    p.start()
+    t = torch.arange(4096, dtype=torch.float32)
+    q_in.put(t)
+    results, err = doctor._collect(q_out, 1, [p], 60)
+    doctor._close_queues(q_in, q_out)
+    assert err is None and results[0][0] and results[0][1] == 4096 * 4095 / 2
+
+
+def test_doctor_module_does_not_import_torch():
+    code = "import sys, gsm8k_grpo.doctor; print('torch' in sys.modules)"
+    src = str(Path(doctor.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
