@@ -87,7 +87,7 @@ def train(
         _fail(f"give --preset NAME or --config FILE; presets: {', '.join(preset_names())}")
     cfg = _guard(lambda: build_config(preset, config, set_))
     if dry_run:
-        out.print(to_yaml(cfg), end="", highlight=False, markup=False)
+        typer.echo(to_yaml(cfg), nl=False)
         return
     _run_training(cfg, restart=restart, force=force)
 

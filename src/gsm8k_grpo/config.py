@@ -298,7 +298,7 @@ def validate_config(data: dict) -> RunConfig:
 
 
 def to_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, width=10_000)
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

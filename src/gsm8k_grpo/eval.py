@@ -91,12 +91,13 @@ def render(summary: dict, console, title: str = "GSM8K eval") -> None:
     t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
+    k = summary["samples_per_question"]
     for key in ("strict", "lenient"):
         lo, hi = summary[f"{key}_ci95"]
-        t.add_row(f"{key} accuracy", f"{100 * summary[f'{key}_accuracy']:.1f} %  (95 % CI {100 * lo:.1f}-{100 * hi:.1f})")
-        if f"{key}_pass@{summary['samples_per_question']}" in summary:
-            t.add_row(f"{key} pass@{summary['samples_per_question']}",
-                      f"{100 * summary[f'{key}_pass@{summary['samples_per_question']}']:.1f} %")
+        acc = 100 * summary[f"{key}_accuracy"]
+        t.add_row(f"{key} accuracy", f"{acc:.1f} %  (95 % CI {100 * lo:.1f}-{100 * hi:.1f})")
+        if f"{key}_pass@{k}" in summary:
+            t.add_row(f"{key} pass@{k}", f"{100 * summary[f'{key}_pass@{k}']:.1f} %")
     t.add_row("questions", str(summary["questions"]))
     t.add_row("mean response tokens", f"{summary['mean_response_tokens']:.1f}")
     t.add_row("truncated", f"{100 * summary['truncated_rate']:.1f} %")

@@ -16,8 +16,8 @@ import torch
 from gsm8k_grpo import assets
 from gsm8k_grpo.config import ModelConfig
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja",
+                   "chat_template.json", "special_tokens_map.json", "added_tokens.json", "generation_config.json")
 
 
 class ModelError(Exception):

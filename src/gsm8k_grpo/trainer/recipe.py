@@ -239,7 +239,8 @@ class Recipe:
         if samples:
             stats = self.trainer.update(samples)
         else:  # every group filtered out: nothing to learn from this batch
-            stats = {"samples_trained": 0, "tokens_trained": 0, "optimizer_steps": 0, "nonfinite_steps": 0}
+            stats = {"samples_trained": 0, "tokens_trained": 0, "optimizer_steps": 0, "nonfinite_steps": 0,
+                     "loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0}
         t2 = time.time()
         info.update(stats, time_update=t2 - t1)
         if stats["nonfinite_steps"]:

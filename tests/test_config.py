@@ -1,0 +1,131 @@
+"""Config: every preset loads, precedence preset -> file -> --set, and each bad-input class gives
+one line + exit code 2 through the real CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from gsm8k_grpo.config import ConfigError, RunConfig, build_config, parse_set, preset_names
+
+from conftest import ROOT, grpo
+
+
+def test_every_preset_loads_and_validates():
+    names = preset_names()
+    assert {"fast", "1hour", "3hour", "full", "smoke"} <= set(names)
+    expected = {"fast": (200, 1), "1hour": (500, 2), "3hour": (1000, 3), "full": (None, 5)}
+    for name in names:
+        cfg = build_config(name)
+        assert isinstance(cfg, RunConfig)
+        assert cfg.experiment_name == name
+        assert cfg.trainer.batch_size % (cfg.trainer.mini_batch_size or cfg.trainer.batch_size) == 0
+        if name in expected:
+            assert (cfg.data.max_train_samples, cfg.trainer.epochs) == expected[name]
+            assert cfg.model.path == "Qwen/Qwen2.5-0.5B-Instruct" and cfg.trainer.batch_size == 8
+
+
+def test_presets_dir_is_shipped_in_wheel_config():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert '"presets" = "gsm8k_grpo/presets"' in text
+
+
+def test_precedence_preset_then_file_then_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"optimizer": {"lr": 5e-6}, "rollout": {"n": 4}, "trial_name": "fromfile"}))
+    cfg = build_config("fast", f, ["rollout.n=6", "trial_name=fromset"])
+    assert cfg.optimizer.lr == 5e-6          # file over preset
+    assert cfg.rollout.n == 6                # --set over file
+    assert cfg.trial_name == "fromset"
+    assert cfg.data.max_train_samples == 200  # preset kept where nothing overrides
+    assert str(cfg.run_dir) == "runs/fast/fromset"
+
+
+def test_set_values_are_yaml_typed():
+    assert parse_set("a.b=3") == {"a": {"b": 3}}
+    assert parse_set("a.b=true") == {"a": {"b": True}}
+    assert parse_set("a=[1, 2]") == {"a": [1, 2]}
+    assert parse_set("a.b=hello") == {"a": {"b": "hello"}}
+    cfg = build_config("fast", None, ["data.max_train_samples=null"])
+    assert cfg.data.max_train_samples is None
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["rollout.n=1"], "group size"),
+    (["algorithm.clip_low=-0.1"], "positive"),
+    (["trainer.mini_batch_size=3"], "divisible"),
+    (["rollout.temperature=0"], "rollout.temperature"),
+    (["rollout.engine=hf", "weights.transport=nccl"], "nccl needs rollout.engine=sglang"),
+])
+def test_cross_field_checks(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        build_config("fast", None, overrides)
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match="did you mean 'rollout.temperature'"):
+        build_config("fast", None, ["rollout.temperatur=1"])
+
+
+def _one_line_exit2(res):
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--preset", "nope", "--dry-run"], "valid presets: 1hour, 3hour, fast, full, smoke"),
+    (["train", "--preset", "fast", "--set", "trainer.batch_sise=4", "--dry-run"], "did you mean 'trainer.batch_size'"),
+    (["train", "--preset", "fast", "--set", "trainer.batch_size=many", "--dry-run"], "trainer.batch_size"),
+    (["train", "--config", "/nonexistent/x.yaml", "--dry-run"], "config file not found"),
+    (["train", "--preset", "fast", "--set", "novalue", "--dry-run"], "--set 'novalue' is malformed"),
+    (["train", "--preset", "fast", "--set", "a.b=[1,", "--dry-run"], "not valid YAML"),
+])
+def test_bad_input_one_line_exit_2(args, fragment):
+    line = _one_line_exit2(grpo(*args))
+    assert fragment in line
+
+
+def test_malformed_yaml_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("rollout:\n  n: [1, 2\n")
+    line = _one_line_exit2(grpo("train", "--config", str(f), "--dry-run"))
+    assert "is not valid YAML" in line and "line" in line
+
+
+def test_config_file_not_a_mapping(tmp_path):
+    f = tmp_path / "list.yaml"
+    f.write_text("- 1\n- 2\n")
+    assert "must be a YAML mapping" in _one_line_exit2(grpo("train", "--config", str(f), "--dry-run"))
+
+
+def test_dry_run_prints_resolved_yaml():
+    res = grpo("train", "--preset", "fast", "--dry-run", "--set", "optimizer.lr=3e-6")
+    assert res.returncode == 0, res.stderr
+    data = yaml.safe_load(res.stdout)
+    assert data["optimizer"]["lr"] == 3e-6 and data["experiment_name"] == "fast"
+    RunConfig.model_validate(data)  # the printed YAML is itself a valid config
+
+
+def test_cli_import_does_not_pull_torch():
+    code = ("import sys, gsm8k_grpo.cli, gsm8k_grpo.config; "
+            "bad=[m for m in ('torch','transformers','sglang','wandb') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_help_and_version_are_fast():
+    import time
+
+    for args in (["--help"], ["--version"], ["train", "--help"], ["eval", "--help"]):
+        t = time.time()
+        res = grpo(*args)
+        assert res.returncode == 0, res.stderr
+        assert time.time() - t < 3.0  # includes interpreter start; the import itself is ~0.3 s
+    assert "grpo 0.1.0" in grpo("--version").stdout
+    assert "Example" in grpo("train", "--help").stdout
