@@ -92,7 +92,7 @@ class TrainerConfig(_Strict):
     mini_batch_size: int | None = Field(None, ge=1, description="prompts per optimizer step (None = batch_size)")
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (None = epochs over the data)")
-    micro_batch_tokens: int = Field(16384, ge=64, description="token budget (padded) of one forward/backward")
+    micro_batch_tokens: int = Field(16384, ge=8, description="token budget (padded) of one forward/backward")
     grad_checkpointing: bool = False
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="compute dtype: auto = bf16 on GPU, fp32 on CPU")
     device: Literal["auto", "cuda", "cpu"] = "auto"
