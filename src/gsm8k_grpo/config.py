@@ -65,7 +65,9 @@ class AlgorithmConfig(_Strict):
     kl_coef: float = Field(0.0, ge=0)
     filter_groups: bool = Field(True, description="drop groups whose rewards are all equal (no signal)")
     ppo_epochs: int = Field(1, ge=1)
-    reward_mode: Literal["strict", "lenient"] = "strict"
+    reward_mode: Literal["strict", "lenient", "synthetic"] = Field(
+        "strict", description="synthetic = benchmarks only: a fixed pseudo-random 0/1 per completion, so "
+        "random-weight models still get varied rewards and every step trains")
     format_bonus: float = Field(0.0, ge=0, description="added when the completion has a \\boxed{} answer")
 
     @model_validator(mode="after")

@@ -84,7 +84,8 @@ def materialize(mcfg: ModelConfig, dest: Path) -> str:
 
     cfg = load_config(mcfg.path, mcfg.config_overrides)
     torch.manual_seed(mcfg.init_seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    # saved in bf16, like released checkpoints, so SGLang serves it in bf16 (dtype "auto")
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(torch.bfloat16)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

@@ -10,6 +10,7 @@ engine and the transport; every rank trains its share of each batch (FSDP2).
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -36,6 +37,18 @@ RESUMABLE_CHANGES = ("logging.", "trainer.max_steps", "checkpoint.keep_last", "r
 
 class ResumeError(Exception):
     """A resume that must not happen silently; str() is the message."""
+
+
+# Dense bf16 matrix-product rates measured on this project's GPU machines (KINDS.md of the device
+# tool: 8192^3 products through PyTorch), used as the MFU denominator.
+MEASURED_BF16_FLOPS = {"H100": 798e12, "H200": 790e12}
+
+
+def peak_bf16_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in MEASURED_BF16_FLOPS.items() if k in name), None)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -81,14 +94,18 @@ class Recipe:
         self.engine_kind = choose_engine(cfg.rollout.engine)
         self._check_cpu_size()
         self.trainer = Trainer(cfg, self.model_dir, self.device, self.total_steps, self.tokenizer.pad_token_id)
+        self.n_params = sum(p.numel() for p in self.trainer.model.parameters())  # DTensor numel is global
+        self.peak_flops = peak_bf16_flops(self.device)
         self.start_step, state = 0, {}
         if self.resume_from is not None:
             state = C.restore(self.resume_from, self.trainer)
             self.start_step = state["step"]
             log.info("resumed from %s (step %d)", self.resume_from, self.start_step)
         if self.rank == 0:
+            server_gpus = self.placement.server_gpus if self.placement else None
             self.engine = make_engine(self.engine_kind, self.model_dir, cfg.rollout, self.run_dir,
-                                      device=str(self.device), pad_token_id=self.tokenizer.pad_token_id)
+                                      device=str(self.device), pad_token_id=self.tokenizer.pad_token_id,
+                                      gpu_ids=server_gpus if torch.cuda.device_count() > 1 else None)
             self.transport = self._make_transport()
             self.metrics = M.Metrics(self.run_dir, f"{cfg.experiment_name}/{cfg.trial_name}", cfg.model_dump(mode="json"),
                                      cfg.logging.wandb, cfg.logging.project, cfg.logging.entity,
@@ -100,17 +117,31 @@ class Recipe:
                  getattr(self.transport, "name", "-"), self.device)
 
     def _device(self) -> torch.device:
+        """The trainer's device, from the GPU placement (trainer GPUs first, SGLang's after)."""
+        import os
+
+        self.placement = None
         want = self.cfg.trainer.device
-        if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-            if not torch.cuda.is_available():
-                raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=cpu")
-            import os
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            torch.cuda.set_device(local)
-            if self.cfg.trainer.gpu_memory_fraction:
-                torch.cuda.set_per_process_memory_fraction(self.cfg.trainer.gpu_memory_fraction, local)
-            return torch.device("cuda", local)
-        return torch.device("cpu")
+        if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=cpu")
+        from gsm8k_grpo.weights.detect import plan
+
+        try:
+            self.placement = plan(torch.cuda.device_count(), self.cfg.rollout.gpus,
+                                  choose_engine(self.cfg.rollout.engine), self.cfg.weights.transport)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if local >= len(self.placement.trainer_gpus):
+            raise ConfigError(f"{local + 1} trainer processes but only {len(self.placement.trainer_gpus)} trainer "
+                              f"GPU(s) ({self.placement.reason}); lower --nproc_per_node or rollout.gpus")
+        index = self.placement.trainer_gpus[local]
+        torch.cuda.set_device(index)
+        if self.cfg.trainer.gpu_memory_fraction:
+            torch.cuda.set_per_process_memory_fraction(self.cfg.trainer.gpu_memory_fraction, index)
+        return torch.device("cuda", index)
 
     def _bcast(self, obj):
         if self.world == 1:
@@ -156,17 +187,10 @@ class Recipe:
                 f"would take hours. Run on a GPU host, or set rollout.engine=hf explicitly to insist")
 
     def _make_transport(self):
-        from gsm8k_grpo.weights.detect import make_transport, plan
+        from gsm8k_grpo.weights.detect import make_transport
 
-        kind = self.cfg.weights.transport
-        if self.engine_kind == "hf":
-            kind = "disk" if kind == "auto" else kind
-        else:
-            n = torch.cuda.device_count()
-            try:
-                kind = plan(n, self.cfg.rollout.gpus if n > 1 else 1, "sglang", kind).transport
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+        kind = self.placement.transport if self.placement else self.cfg.weights.transport
+        kind = "disk" if kind == "auto" else kind
         return make_transport(kind, self.engine, self.model_dir, self.run_dir, self.cfg.weights.bucket_mb,
                               self.cfg.weights.disk_dir)
 
@@ -209,8 +233,7 @@ class Recipe:
         t0 = time.time()
         groups = self.engine.generate(prompt_ids, params)
         t1 = time.time()
-        scores = [[R.score(self.tokenizer.decode(c.token_ids, skip_special_tokens=True), p.gold,
-                           a.reward_mode, a.format_bonus) for c in g] for p, g in zip(problems, groups)]
+        scores = [[self._score(c.token_ids, p.gold) for c in g] for p, g in zip(problems, groups)]
         rewards = torch.tensor([[s.reward for s in g] for g in scores], dtype=torch.float32)   # [B, G]
         adv = group_advantages(rewards, a.adv_norm)                                              # [B, G]
         keep = group_has_signal(rewards) if a.filter_groups else torch.ones(len(groups), dtype=torch.bool)
@@ -219,7 +242,7 @@ class Recipe:
         comps = [c for g in groups for c in g]
         lens = [len(c.token_ids) for c in comps]
         flat = [s for g in scores for s in g]
-        stale = [c.weight_version for c in comps if c.weight_version is not None and c.weight_version != step - 1]
+        stale = [c for c in comps if c.weight_version is not None and c.weight_version != self.engine.weight_version]
         info = {
             "reward_mean": float(rewards.mean()), "accuracy": sum(s.correct for s in flat) / len(flat),
             "format_rate": sum(s.has_format for s in flat) / len(flat),
@@ -231,11 +254,21 @@ class Recipe:
         }
         return samples, info
 
+    def _score(self, token_ids: list[int], gold: str) -> R.RewardResult:
+        a = self.cfg.algorithm
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        if a.reward_mode == "synthetic":  # benchmarks on random weights: varied, deterministic, meaningless
+            r = zlib.crc32(str(token_ids).encode()) & 1
+            return R.RewardResult(float(r), bool(r), R.has_boxed(text), None)
+        return R.score(text, gold, a.reward_mode, a.format_bonus)
+
     def step(self, step: int) -> dict:
         t0 = time.time()
         samples, info = self.rollout(step) if self.rank == 0 else (None, None)
         samples, info = self._bcast((samples, info))
         t1 = time.time()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         if samples:
             stats = self.trainer.update(samples)
         else:  # every group filtered out: nothing to learn from this batch
@@ -243,6 +276,13 @@ class Recipe:
                      "loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0}
         t2 = time.time()
         info.update(stats, time_update=t2 - t1)
+        if samples and stats.get("time_train"):
+            flops = 6 * self.n_params * stats["seq_tokens"]  # every rank gets the whole batch list
+            info["train_tokens_per_s"] = stats["seq_tokens"] / stats["time_train"]
+            if self.peak_flops:
+                info["mfu"] = flops / stats["time_train"] / (self.peak_flops * self.world)
+        if self.device.type == "cuda":
+            info["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if stats["nonfinite_steps"]:
             log.warning("step %d: non-finite loss or grad norm in %d optimizer step(s): skipped",
                         step, stats["nonfinite_steps"])

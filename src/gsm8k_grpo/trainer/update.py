@@ -12,6 +12,7 @@ micro-batches (empty ones padded with a zero-weight dummy) so FSDP collectives s
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -110,7 +111,9 @@ class Trainer:
     def update(self, samples: list[TrainSample]) -> dict:
         a = self.cfg.algorithm
         self.model.train()
+        t0 = time.perf_counter()
         old, ref, (ent_sum, mis_sum, toks) = self._old_logprobs(samples)
+        t_logprob = time.perf_counter() - t0
         mb_size = (self.cfg.trainer.mini_batch_size or self.cfg.trainer.batch_size) * self.cfg.rollout.n
         stats = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "grad_norm": 0.0, "optimizer_steps": 0,
                  "nonfinite_steps": 0}
@@ -159,7 +162,9 @@ class Trainer:
         stats.update(
             loss=stats["loss"] / n_mb, clip_frac=clip_tok / max(all_tok, 1), kl=kl_tok / max(all_tok, 1),
             entropy=ent_sum / max(toks, 1), logprob_mismatch=mis_sum / max(toks, 1),
-            samples_trained=len(samples), tokens_trained=int(toks), lr=lr,
+            samples_trained=len(samples), tokens_trained=int(toks), lr=lr, time_logprob=t_logprob,
+            time_train=time.perf_counter() - t0 - t_logprob,
+            seq_tokens=sum(s.length for s in samples) * a.ppo_epochs,
         )
         return stats
 
