@@ -12,6 +12,7 @@ Two ranks on one GPU cannot form an NCCL group, so a shared GPU is refused up fr
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from gsm8k_grpo.rollout.client import SGLangClient
 from gsm8k_grpo.rollout.server import free_port
 from gsm8k_grpo.weights.base import PushStats, Transport, TransportError, buckets
 
+log = logging.getLogger("gsm8k_grpo")
 SAME_GPU = ("NCCL cannot connect two ranks on the same GPU ('Duplicate GPU detected'); "
             "use weights.transport=ipc or disk")
 
@@ -77,7 +79,7 @@ class NCCLTransport(Transport):
         master_address: str = "127.0.0.1",
         trainer_gpu_uuids: Iterable[str] = (),
         server_gpu_uuids: Iterable[str] = (),
-        timeout_s: float = 600.0,
+        timeout_s: float = 180.0,
         engine: Engine | None = None,
     ):
         if set(trainer_gpu_uuids) & set(server_gpu_uuids):
@@ -111,7 +113,10 @@ class NCCLTransport(Transport):
                             self.group_name, self.backend)
         local = _in_thread(init_custom_process_group, self.backend, f"tcp://{self.master_address}:{port}", world, 0,
                            self.group_name, timedelta(seconds=self.timeout_s))
+        log.info("NCCL weight group: joining %s:%d as rank 0 of %d (%s)", self.master_address, port, world,
+                 self.group_name)
         self._both(local, remote, f"group setup ({self.master_address}:{port}, world size {world})")
+        log.info("NCCL weight group: ready")
         return local.result()
 
     def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> PushStats:
@@ -131,6 +136,8 @@ class NCCLTransport(Transport):
                     works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
                     self._both(_in_thread(lambda ws=works: [w.wait() for w in ws]), remote,
                                f"weight update to version {version} (bucket {n})")
+                    if version <= 1 or self.engine is None:
+                        log.info("NCCL push v%d: bucket %d sent (%d tensors)", version, n, len(tensors))
                     total += sum(t.numel() * t.element_size() for t in tensors)
                     n += 1
         except EngineError as e:
