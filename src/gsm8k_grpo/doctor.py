@@ -599,6 +599,9 @@ def check_disk(ctx: _Ctx) -> Check:
     free = shutil.disk_usage(probe).free
     where = str(target) if probe == target else f"{target} (on {probe})"
     detail = f"{_gib(free)} free for {where}"
+    if not probe.is_dir():  # a regular file on the way: the run dir can never be created
+        return Check("disk", "fail", f"{where} is not writable ({probe} is not a directory)",
+                     "--set output_dir=DIR with a writable DIR")
     if not os.access(probe, os.W_OK):
         return Check("disk", "fail", f"{where} is not writable", "--set output_dir=DIR with a writable DIR")
     if free < DISK_FAIL:

@@ -67,7 +67,8 @@ class Recipe:
         self.rank, self.world = init_distributed(self.device)
         self.run_dir = cfg.run_dir
         self.resume_from = self._prepare_run_dir()
-        M.setup_logging(self.run_dir)
+        if self.rank == 0:  # other ranks only speak up through exceptions
+            M.setup_logging(self.run_dir)
         if self.rank == 0:
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
 
