@@ -52,7 +52,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, tmp: str, agg: str
 def _initial(model_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
-    return dict(AutoModelForCausalLM.from_pretrained(model_dir).named_parameters())
+    return dict(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).named_parameters())
 
 
 def _port() -> int:
@@ -101,7 +101,7 @@ def test_disk_push_changes_hf_engine_and_roundtrip_is_exact(tiny_model_dir, tmp_
     engine = HFEngine(str(tiny_model_dir), pad_token_id=0)
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, stop_token_ids=(151645,), seed=3)
     before = engine.generate([[10, 11, 12]], params)
-    src = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    src = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     torch.manual_seed(1)
     new = {n: p.detach() + 0.5 * torch.randn_like(p) for n, p in src.named_parameters()}
     DiskTransport(engine, tiny_model_dir, tmp_path, bucket_mb=1).push(iter(new.items()), version=7)
@@ -112,7 +112,7 @@ def test_disk_push_changes_hf_engine_and_roundtrip_is_exact(tiny_model_dir, tmp_
         torch.testing.assert_close(p, new[n], rtol=0, atol=0)
     # an exported model dir loads back through from_pretrained with identical parameters
     export_hf(iter(new.items()), src.config, str(tiny_model_dir), tmp_path / "export", None, True)
-    back = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float32)
     for n, p in back.named_parameters():
         torch.testing.assert_close(p, new[n], rtol=0, atol=0)
     assert (tmp_path / "export" / "tokenizer_config.json").is_file()
