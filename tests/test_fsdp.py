@@ -117,3 +117,23 @@ def test_disk_push_changes_hf_engine_and_roundtrip_is_exact(tiny_model_dir, tmp_
         torch.testing.assert_close(p, new[n], rtol=0, atol=0)
     assert (tmp_path / "export" / "tokenizer_config.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("grpo-weights")]  # the push dir is gone
+
+
+def test_nonfinite_loss_skips_the_optimizer_step(tiny_model_dir, tmp_path):
+    """A NaN advantage makes the loss non-finite: no optimizer step, weights untouched, counted."""
+    from gsm8k_grpo.trainer.fsdp import init_distributed
+    from gsm8k_grpo.trainer.update import Trainer
+
+    init_distributed(torch.device("cpu"))
+    try:
+        tr = Trainer(_cfg(str(tmp_path), "token"), str(tiny_model_dir), torch.device("cpu"), total_steps=1, pad_id=0)
+        before = {n: t.clone() for n, t in tr.named_tensors()}
+        bad = _samples()
+        bad[0].advantage = float("nan")
+        stats = tr.update(bad)
+        assert stats["nonfinite_steps"] == 1 and stats["optimizer_steps"] == 0
+        for n, t in tr.named_tensors():
+            assert torch.equal(t, before[n])
+        assert tr.update(_samples())["optimizer_steps"] == 1  # and the next good batch trains
+    finally:
+        dist.destroy_process_group()

@@ -120,3 +120,24 @@ def test_resume_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     res = grpo("resume", str(tmp_path / "empty"))
     assert res.returncode == 2 and "no checkpoint" in res.stderr
+
+
+def test_big_model_on_cpu_is_refused_before_any_work(tmp_path):
+    res = grpo("train", "--preset", "fast", "--set", "model.path=builtin:qwen2.5-0.5b-instruct",
+               "--set", "model.random_init=true", "--set", "data.path=builtin:gsm8k", "--set", "trainer.device=cpu",
+               cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert res.returncode == 2, res.stderr
+    assert "494M parameters and no GPU" in res.stderr and "rollout.engine=hf" in res.stderr
+    assert not (tmp_path / "runs" / "fast" / "trial0" / "base_model").exists()  # refused before building it
+
+
+def test_resume_with_force_accepts_changed_config(tmp_path):
+    cfg = write_toy(tmp_path, **{"trainer.max_steps": 2, "checkpoint.every": 1})
+    assert grpo("train", "--config", str(cfg), timeout=120).returncode == 0
+    run = tmp_path / "runs" / "toy" / "trial0"
+    res = grpo("resume", str(run), "--set", "optimizer.lr=0.001", "--set", "trainer.max_steps=3", timeout=120)
+    assert res.returncode == 2 and "--force" in res.stderr
+    res = grpo("resume", str(run), "--set", "optimizer.lr=0.001", "--set", "trainer.max_steps=3", "--force",
+               timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]

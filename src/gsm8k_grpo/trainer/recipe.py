@@ -72,6 +72,8 @@ class Recipe:
         if self.rank == 0:
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
 
+        self.engine_kind = choose_engine(cfg.rollout.engine)
+        self._check_cpu_size()
         self.model_dir = materialize(cfg.model, self.run_dir / "base_model") if self.rank == 0 else None
         self.model_dir = self._bcast(self.model_dir)
         self.tokenizer = load_tokenizer(self.model_dir)
@@ -92,8 +94,6 @@ class Recipe:
         self.total_steps = cfg.trainer.max_steps or spe * cfg.trainer.epochs
         self._prompt_cache: dict[int, list[int]] = {}
 
-        self.engine_kind = choose_engine(cfg.rollout.engine)
-        self._check_cpu_size()
         self.trainer = Trainer(cfg, self.model_dir, self.device, self.total_steps, self.tokenizer.pad_token_id)
         self.n_params = sum(p.numel() for p in self.trainer.model.parameters())  # DTensor numel is global
         self.peak_flops = peak_bf16_flops(self.device)
@@ -181,7 +181,7 @@ class Recipe:
     def _check_cpu_size(self) -> None:
         if self.engine_kind != "hf" or self.device.type == "cuda" or self.cfg.rollout.engine != "auto":
             return
-        n = count_params(load_config(self.model_dir))
+        n = count_params(load_config(self.cfg.model.path, self.cfg.model.config_overrides))
         if n > self.cfg.model.max_params_on_cpu:
             raise ConfigError(
                 f"model {self.cfg.model.path} has {n / 1e6:.0f}M parameters and no GPU is visible: the CPU engine "
