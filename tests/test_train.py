@@ -141,3 +141,22 @@ def test_resume_with_force_accepts_changed_config(tmp_path):
                timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+
+
+def test_recipe_with_sglang_engine_over_http(tmp_path):
+    """The whole loop with rollout.engine=sglang: a server child process, real HTTP, weight pushes
+    by disk with version checks. The server is tests/fake_sglang.py (real SGLang needs a GPU): its
+    tokens are fake, so this proves the plumbing, not learning."""
+    server = json.dumps([sys.executable, str(ROOT / "tests" / "fake_sglang.py")])
+    res = grpo("train", "--preset", "smoke", "--set", "rollout.engine=sglang", "--set", f"rollout.server_cmd={server}",
+               "--set", "weights.transport=disk", "--set", "rollout.max_new_tokens=4", "--set", "trainer.max_steps=3",
+               "--set", "rollout.server_timeout_s=60", "--set", "eval.at_end=false", cwd=tmp_path, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "runs" / "smoke" / "trial0"
+    recs = read_metrics(run)
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    for r in recs:
+        assert r["samples_trained"] == 16 and r["stale_samples"] == 0 and r["time_push"] > 0
+    assert "engine sglang, transport disk" in (run / "train.log").read_text()
+    assert "fake sglang: listening" in (run / "sglang_server.log").read_text()  # the child's log is kept
+    # each step's replies carried the pushed weight version (the engine raises on a mismatch)

@@ -52,6 +52,8 @@ class RolloutConfig(_Strict):
     mem_fraction: float = Field(0.4, gt=0, lt=1, description="SGLang --mem-fraction-static")
     enable_memory_saver: bool = Field(False, description="release SGLang memory during the update phase")
     server_args: list[str] = Field(default_factory=list, description="extra sglang.launch_server arguments")
+    server_cmd: list[str] | None = Field(None, description="launch this instead of 'python -m sglang.launch_server' "
+                                         "(a wrapper script; it gets --port P and the server arguments)")
     server_timeout_s: float = Field(600, gt=0)
     hf_batch_size: int = Field(64, ge=1, description="sequences per generate() call in the HF engine")
     gpus: int = Field(1, ge=0, description="GPUs given to the SGLang server when several are visible")

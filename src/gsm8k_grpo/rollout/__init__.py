@@ -36,5 +36,5 @@ def make_engine(kind: str, model_dir: str, rollout_cfg, run_dir, *, device: str 
     if kind == "sglang":
         from gsm8k_grpo.rollout.sglang_engine import SGLangEngine
 
-        return SGLangEngine(model_dir, rollout_cfg, run_dir, gpu_ids=gpu_ids)
+        return SGLangEngine(model_dir, rollout_cfg, run_dir, gpu_ids=gpu_ids, launch_cmd=rollout_cfg.server_cmd)
     raise ValueError(f"unknown engine {kind!r}; valid: auto, sglang, hf")
