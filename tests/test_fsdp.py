@@ -25,13 +25,13 @@ def _samples() -> list[TrainSample]:
     return out
 
 
-def _cfg(tmp: str, agg: str):
+def _cfg(tmp: str, agg: str, **trainer):
     from gsm8k_grpo.config import RunConfig
 
     return RunConfig.model_validate({
         "output_dir": tmp, "rollout": {"engine": "hf", "n": 2},
         "algorithm": {"loss_agg": agg, "filter_groups": False},
-        "optimizer": {"lr": 1e-2}, "trainer": {"batch_size": 3, "device": "cpu", "micro_batch_tokens": 24},
+        "optimizer": {"lr": 1e-2}, "trainer": {"batch_size": 3, "device": "cpu", "micro_batch_tokens": 24, **trainer},
     })
 
 
@@ -135,5 +135,31 @@ def test_nonfinite_loss_skips_the_optimizer_step(tiny_model_dir, tmp_path):
         for n, t in tr.named_tensors():
             assert torch.equal(t, before[n])
         assert tr.update(_samples())["optimizer_steps"] == 1  # and the next good batch trains
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("agg", ["token", "sequence"])
+def test_reused_old_logprobs_equal_a_separate_pass(tiny_model_dir, tmp_path, agg):
+    """On-policy, one epoch, one mini-batch: old log-probs from the training forward give the same
+    loss, grad norm, entropy, mismatch and weights as the separate no-grad pass."""
+    from gsm8k_grpo.trainer.fsdp import init_distributed
+    from gsm8k_grpo.trainer.update import Trainer
+
+    init_distributed(torch.device("cpu"))
+    try:
+        out = {}
+        for reuse in (True, False):
+            torch.manual_seed(0)
+            tr = Trainer(_cfg(str(tmp_path), agg, reuse_old_logprobs=reuse), str(tiny_model_dir),
+                         torch.device("cpu"), total_steps=1, pad_id=0)
+            stats = tr.update(_samples())
+            assert stats["old_logprob_pass"] is (not reuse)
+            out[reuse] = (stats, {n: t.clone() for n, t in tr.named_tensors()})
+        (a, pa), (b, pb) = out[True], out[False]
+        for k in ("loss", "grad_norm", "entropy", "logprob_mismatch", "clip_frac"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
+        for n in pa:
+            torch.testing.assert_close(pa[n], pb[n], rtol=0, atol=1e-6)
     finally:
         dist.destroy_process_group()

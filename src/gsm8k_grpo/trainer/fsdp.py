@@ -38,9 +38,16 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def _logprob_chunk(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
+                   temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) for a chunk of positions, and the entropy there (empty unless asked; no grad)."""
     logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature   # [c, V]
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    ent = logits.new_zeros(0)
+    if with_entropy:
+        with torch.no_grad():
+            ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logp, ent
 
 
 class PolicyModel(nn.Module):
@@ -53,26 +60,23 @@ class PolicyModel(nn.Module):
         self.temperature = temperature
 
     def forward(self, input_ids, attention_mask, loss_mask, targets, with_entropy: bool = False):
+        """-> (log-probs [T] of the targets at loss positions, entropy [T] or None)."""
         hidden = self.hf.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         h = hidden[loss_mask]                                  # [T, H]
         tgt = targets[loss_mask]                               # [T]
         head = self.hf.get_output_embeddings()
         out, ents = [], []
         for i in range(0, h.shape[0], self.chunk):
-            hc, tc = h[i:i + self.chunk], tgt[i:i + self.chunk]
-            if torch.is_grad_enabled():
-                out.append(checkpoint(_logprob_chunk, hc, head.weight, head.bias, tc, self.temperature,
-                                      use_reentrant=False))
+            args = (h[i:i + self.chunk], head.weight, head.bias, tgt[i:i + self.chunk], self.temperature,
+                    with_entropy)
+            if torch.is_grad_enabled():  # recompute the chunk's logits in backward instead of keeping them
+                lp, ent = checkpoint(_logprob_chunk, *args, use_reentrant=False)
             else:
-                out.append(_logprob_chunk(hc, head.weight, head.bias, tc, self.temperature))
-            if with_entropy:
-                with torch.no_grad():
-                    lg = torch.nn.functional.linear(hc, head.weight, head.bias).float() / self.temperature
-                    lp = torch.log_softmax(lg, dim=-1)
-                    ents.append(-(lp.exp() * lp).sum(-1))
+                lp, ent = _logprob_chunk(*args)
+            out.append(lp)
+            ents.append(ent)
         logp = torch.cat(out) if out else h.new_zeros(0, dtype=torch.float32)
-        ent = torch.cat(ents) if ents else None
-        return logp, ent
+        return logp, (torch.cat(ents) if with_entropy and ents else None)
 
 
 def wrap(model: PolicyModel, device: torch.device, compute_dtype: torch.dtype) -> PolicyModel:

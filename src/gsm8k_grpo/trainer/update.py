@@ -1,7 +1,10 @@
 """The policy update: old log-probs once, then clipped policy-gradient steps over mini-batches.
 
 update(samples):
-  1. old_logp <- policy log-probs of every completion token (no grad), entropy, |old - engine|
+  1. old_logp <- policy log-probs of every completion token (no grad), entropy, |old - engine|.
+     On-policy with one PPO epoch and one mini-batch, the weights cannot change before the loss
+     is taken, so old_logp is the training forward's own log-probs, detached (as TRL does):
+     the same numbers without a second forward pass.
   2. for each PPO epoch, for each mini-batch (whole groups): for each micro-batch on this rank,
      loss = sum(w_t * l_t) * world (FSDP averages grads over ranks) -> backward; then clip
      grads, and step AdamW only when loss and grad norm are finite.
@@ -89,32 +92,33 @@ class Trainer:
     # ------------------------------------------------------------------ the update
     @torch.no_grad()
     def _old_logprobs(self, samples: list[TrainSample]):
-        """Per-sample old (and ref) log-prob tensors, plus entropy / mismatch sums on this rank."""
+        """Per-sample old log-prob tensors, plus entropy / mismatch / token sums on this rank."""
         old: dict[int, torch.Tensor] = {}
-        ref: dict[int, torch.Tensor] = {}
-        ent_sum = mis_sum = toks = 0.0
+        sums = [0.0, 0.0, 0.0]
         for mb in self._micro_batches(samples):
             logp, ent = self._forward(self.model, mb, with_entropy=True)
-            ref_logp = self._forward(self.ref, mb)[0] if self.ref is not None else None
             if mb is None:
                 continue
-            logp = logp.float().cpu()
-            ent_sum += float(ent.sum())
-            mis_sum += float((logp - mb.engine_logprobs).abs().sum())
-            toks += mb.n_tokens
-            for j, (i, piece) in enumerate(zip(mb.index, torch.split(logp, mb.seq_lens.tolist()))):
+            self._add_diagnostics(sums, mb, logp, ent)
+            for i, piece in zip(mb.index, torch.split(logp.float().cpu(), mb.seq_lens.tolist())):
                 old[i] = piece
-                if ref_logp is not None:
-                    ref[i] = torch.split(ref_logp.float().cpu(), mb.seq_lens.tolist())[j]
-        return old, ref, (ent_sum, mis_sum, toks)
+        return old, sums
+
+    @staticmethod
+    def _add_diagnostics(sums: list[float], mb: MicroBatch, logp: torch.Tensor, ent: torch.Tensor) -> None:
+        """sums += [entropy, |trainer logp - engine logp|, tokens] of one micro-batch."""
+        sums[0] += float(ent.sum())
+        sums[1] += float((logp.detach().float().cpu() - mb.engine_logprobs).abs().sum())
+        sums[2] += mb.n_tokens
 
     def update(self, samples: list[TrainSample]) -> dict:
         a = self.cfg.algorithm
         self.model.train()
         t0 = time.perf_counter()
-        old, ref, (ent_sum, mis_sum, toks) = self._old_logprobs(samples)
-        t_logprob = time.perf_counter() - t0
         mb_size = (self.cfg.trainer.mini_batch_size or self.cfg.trainer.batch_size) * self.cfg.rollout.n
+        reuse = self.cfg.trainer.reuse_old_logprobs and a.ppo_epochs == 1 and mb_size >= len(samples)
+        old, diag = ({}, [0.0, 0.0, 0.0]) if reuse else self._old_logprobs(samples)
+        t_logprob = time.perf_counter() - t0
         stats = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "grad_norm": 0.0, "optimizer_steps": 0,
                  "nonfinite_steps": 0}
         clip_tok = kl_tok = all_tok = 0.0
@@ -125,16 +129,20 @@ class Trainer:
                 n_tokens = sum(len(s.completion_ids) for s in mini)
                 loss_sum = clip_sum = kl_sum = 0.0
                 for mb in self._micro_batches(mini):
-                    logp, _ = self._forward(self.model, mb)
+                    logp, ent = self._forward(self.model, mb, with_entropy=reuse)
+                    ref_lp = self._no_grad_forward(self.ref, mb) if self.ref is not None else None
                     if mb is None:
                         (logp.sum() * 0.0).backward()
                         continue
-                    ids = [start + i for i in mb.index]
-                    old_lp = torch.cat([old[i] for i in ids]).to(self.device)
+                    if reuse:
+                        old_lp = logp.detach()
+                        self._add_diagnostics(diag, mb, logp, ent)
+                    else:
+                        old_lp = torch.cat([old[start + i] for i in mb.index]).to(self.device)
                     adv = mb.advantages.to(self.device)
                     tok_loss, clipped = L.clipped_pg_loss(logp, old_lp, adv, a.clip_low, a.clip_high)
-                    if self.ref is not None:
-                        kl = L.kl_k3(logp, torch.cat([ref[i] for i in ids]).to(self.device))
+                    if ref_lp is not None:
+                        kl = L.kl_k3(logp, ref_lp)
                         tok_loss = tok_loss + a.kl_coef * kl
                         kl_sum += float(kl.detach().sum())
                     w = L.token_weights(mb.seq_lens, a.loss_agg, n_tokens, len(mini)).to(self.device)
@@ -158,15 +166,19 @@ class Trainer:
                 kl_tok += kl_sum
                 all_tok += n_tokens
         n_mb = max(1, stats["optimizer_steps"] + stats["nonfinite_steps"])
-        ent_sum, mis_sum, toks = self._all_sum(ent_sum, mis_sum, toks)
+        ent_sum, mis_sum, toks = self._all_sum(*diag)
         stats.update(
             loss=stats["loss"] / n_mb, clip_frac=clip_tok / max(all_tok, 1), kl=kl_tok / max(all_tok, 1),
             entropy=ent_sum / max(toks, 1), logprob_mismatch=mis_sum / max(toks, 1),
             samples_trained=len(samples), tokens_trained=int(toks), lr=lr, time_logprob=t_logprob,
-            time_train=time.perf_counter() - t0 - t_logprob,
+            time_train=time.perf_counter() - t0 - t_logprob, old_logprob_pass=not reuse,
             seq_tokens=sum(s.length for s in samples) * a.ppo_epochs,
         )
         return stats
+
+    @torch.no_grad()
+    def _no_grad_forward(self, model, mb: MicroBatch | None) -> torch.Tensor:
+        return self._forward(model, mb)[0]
 
     def named_tensors(self, dtype: torch.dtype | None = None):
         return full_named_tensors(self.model, dtype)

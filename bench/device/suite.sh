@@ -1,0 +1,27 @@
+# Issue 6 benchmark suite on one GPU (carrying .whl/b and .carry, or after an earlier call installed them).
+# Writes $OUT/{generate.json,summary.json,trl.json,*.log}; then `python bench/perf_report.py DIR` here
+# turns the fetched files into bench/results/<date>-<card>.md.
+source bench/device/env.sh || exit 1
+PART=${PART:-all}
+if [ "$PART" = all ] || [ "$PART" = ours ]; then
+  # ours: the real recipe at S, L and 64x8x512 (ipc, on-policy), >= 5 measured steps after 2 warm-up
+  for spec in "S 2 256 8 9" "L 8 512 8 9" "T64 8 512 64 7"; do
+    set -- $spec
+    timeout 300 python -m gsm8k_grpo train --config bench/configs/random-0.5b.yaml --set trial_name=$1 \
+      --set output_dir=/tmp/runs --set rollout.n=$2 --set rollout.max_new_tokens=$3 --set trainer.batch_size=$4 \
+      --set trainer.max_steps=$5 > "$OUT/train_$1.log" 2>&1; echo "$1 rc=$?"
+  done
+  python bench/summarize.py /tmp/runs/bench --json "$OUT/summary.json"
+fi
+if [ "$PART" = all ] || [ "$PART" = generate ]; then
+  timeout 400 python bench/generate_bench.py --out "$OUT/generate.json" 2>&1 | tee "$OUT/generate.log" | grep "^\[" | tail -8
+fi
+if [ "$PART" = all ] || [ "$PART" = trl ]; then
+  # TRL GRPOTrainer, same card, shapes S and L (its default transformers generation)
+  mkdir -p /tmp/trlsite && pip install -q --no-index --no-deps --target /tmp/trlsite .carry/wheels/*.whl 2>&1 | tail -2
+  QWEN_CONFIG_DIR=src/gsm8k_grpo/assets/qwen2.5-0.5b-instruct GSM8K_TRAIN=.carry/gsm8k/train.jsonl \
+    PYTHONPATH=/tmp/trlsite:$PYTHONPATH SKIP_AFTER_S=${TRL_BUDGET_S:-420} \
+    timeout 560 python bench/trl_grpo_baseline.py "$OUT/trl.json" > "$OUT/trl.log" 2>&1; echo "trl rc=$?"
+  tail -5 "$OUT/trl.log"
+fi
+exit 0
