@@ -242,9 +242,11 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, {"success": True, "message": "ok", "new_version": body["new_version"]})
 
     def r_release_memory_occupation(self, body: dict) -> None:
+        log("release_memory_occupation")
         self.reply(200, None)
 
     def r_resume_memory_occupation(self, body: dict) -> None:
+        log("resume_memory_occupation")
         self.reply(200, None)
 
 

@@ -143,14 +143,16 @@ def test_resume_with_force_accepts_changed_config(tmp_path):
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
 
 
-def test_recipe_with_sglang_engine_over_http(tmp_path):
+@pytest.mark.parametrize("saver", [False, True])
+def test_recipe_with_sglang_engine_over_http(tmp_path, saver):
     """The whole loop with rollout.engine=sglang: a server child process, real HTTP, weight pushes
     by disk with version checks. The server is tests/fake_sglang.py (real SGLang needs a GPU): its
     tokens are fake, so this proves the plumbing, not learning."""
     server = json.dumps([sys.executable, str(ROOT / "tests" / "fake_sglang.py")])
     res = grpo("train", "--preset", "smoke", "--set", "rollout.engine=sglang", "--set", f"rollout.server_cmd={server}",
                "--set", "weights.transport=disk", "--set", "rollout.max_new_tokens=4", "--set", "trainer.max_steps=3",
-               "--set", "rollout.server_timeout_s=60", "--set", "eval.at_end=false", cwd=tmp_path, timeout=180)
+               "--set", "rollout.server_timeout_s=60", "--set", "eval.at_end=false",
+               "--set", f"rollout.enable_memory_saver={str(saver).lower()}", cwd=tmp_path, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "smoke" / "trial0"
     recs = read_metrics(run)
@@ -158,5 +160,9 @@ def test_recipe_with_sglang_engine_over_http(tmp_path):
     for r in recs:
         assert r["samples_trained"] == 16 and r["stale_samples"] == 0 and r["time_push"] > 0
     assert "engine sglang, transport disk" in (run / "train.log").read_text()
-    assert "fake sglang: listening" in (run / "sglang_server.log").read_text()  # the child's log is kept
+    server_log = (run / "sglang_server.log").read_text()
+    assert "fake sglang: listening" in server_log  # the child's log is kept
+    # memory saver: SGLang's memory is released for every update and resumed before the push
+    assert server_log.count("release_memory_occupation") == (3 if saver else 0)
+    assert server_log.count("resume_memory_occupation") == (3 if saver else 0)
     # each step's replies carried the pushed weight version (the engine raises on a mismatch)

@@ -14,6 +14,11 @@ STATE=${LEARN_STATE:-/tmp/learn}        # survives between back-to-back commands
 RUNS=$(realpath -m "${RUNS:-/tmp/runs}") # absolute and resolved: `grpo resume` compares output_dir
 OUT=${OUT:-/tmp/out}
 mkdir -p "$STATE" "$OUT"
+# env.sh copies .carry/ to /tmp/carry with `cp --update=none` (coreutils >= 9.3); make sure the data is
+# there on any machine, in the command that carries .carry
+if [ ! -f /tmp/carry/gsm8k/test.jsonl ] && [ -f .carry/gsm8k/test.jsonl ]; then
+  mkdir -p /tmp/carry && cp -r .carry/gsm8k /tmp/carry/
+fi
 
 # note KEY=VALUE ... into a JSON summary written by `grpo eval --json` (kept as is when unreadable)
 annotate_json() {

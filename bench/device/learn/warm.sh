@@ -16,7 +16,12 @@ source bench/device/learn/common.sh || exit 1
 W=$STATE/warm
 PORT=${WARM_PORT:-30001}
 
-alive() { [ -f "$W/pid" ] && kill -0 "$(cat "$W/pid")" 2>/dev/null && grep -q "$W/model" "/proc/$(cat "$W/pid")/cmdline" 2>/dev/null; }
+# our server: the recorded pid is alive and its command line names $W/ (run.sh, then the server)
+alive() {
+  local pid
+  pid=$(cat "$W/pid" 2>/dev/null) || return 1
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "$W/"
+}
 healthy() { "$PY" -c "import sys,urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:$PORT/health', timeout=3).status == 200 else 1)" 2>/dev/null; }
 
 case "${1:-}" in
@@ -26,6 +31,7 @@ start)
   cp src/gsm8k_grpo/assets/qwen2.5-0.5b-instruct/config.json "$W/config.json"
   cat > "$W/run.sh" <<EOF
 # written by bench/device/learn/warm.sh: build a random model once, then become the SGLang server
+echo \$\$ > "$W/pid"    # this pid leads its own session/group (setsid) and execs into the server
 cd "$W" || exit 1
 t0=\$SECONDS
 if [ ! -f "$W/model/config.json" ]; then
@@ -46,10 +52,11 @@ exec "$PY" -m sglang.launch_server --model-path "$W/model" --skip-tokenizer-init
 EOF
   # setsid: own session and process group (pgid == pid), so it outlives this command and stop() can
   # kill the whole group (scheduler + detokenizer children) by that one id
-  setsid nohup bash "$W/run.sh" > "$W/warm.log" 2>&1 < /dev/null &
-  echo $! > "$W/pid"
+  rm -f "$W/pid"
   date +%s > "$W/started"
-  echo "[warm] started pid $(cat "$W/pid"), log $W/warm.log"
+  setsid nohup bash "$W/run.sh" > "$W/warm.log" 2>&1 < /dev/null &
+  for _ in $(seq 20); do [ -s "$W/pid" ] && break; sleep 0.1; done
+  echo "[warm] started pid $(cat "$W/pid" 2>/dev/null || echo '?'), log $W/warm.log"
   ;;
 stop)
   if ! [ -f "$W/pid" ]; then echo "[warm] none running"; exit 0; fi

@@ -77,6 +77,14 @@ class SGLangEngine:
         self._call(self.client.update_weights_from_disk, str(path), version)
         self.weight_version = version
 
+    def release_memory(self) -> None:
+        """Free the server's weights and KV cache (needs --enable-memory-saver); push weights after resume."""
+        self._call(self.client.release_memory_occupation)
+
+    def resume_memory(self) -> None:
+        """Re-allocate what release_memory freed; the weights are garbage until the next push."""
+        self._call(self.client.resume_memory_occupation)
+
     def close(self) -> None:
         try:
             self.client.close()

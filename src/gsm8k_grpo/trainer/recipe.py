@@ -21,7 +21,7 @@ from gsm8k_grpo import reward as R
 from gsm8k_grpo.config import ConfigError, RunConfig, config_diff, to_yaml, validate_config
 from gsm8k_grpo.data import gsm8k, prompts
 from gsm8k_grpo.modeling import count_params, load_config, load_tokenizer, materialize
-from gsm8k_grpo.rollout import choose_engine, make_engine
+from gsm8k_grpo.rollout import choose_engine, make_engine, sglang_installed
 from gsm8k_grpo.rollout.base import SamplingParams
 from gsm8k_grpo.trainer import checkpoint as C
 from gsm8k_grpo.trainer.batching import TrainSample
@@ -131,7 +131,8 @@ class Recipe:
 
         try:
             self.placement = plan(torch.cuda.device_count(), self.cfg.rollout.gpus,
-                                  choose_engine(self.cfg.rollout.engine), self.cfg.weights.transport)
+                                  choose_engine(self.cfg.rollout.engine), self.cfg.weights.transport,
+                                  ipc_ok=sglang_installed())  # IPC needs SGLang's serializer in-process
         except ValueError as e:
             raise ConfigError(str(e)) from None
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -270,6 +271,9 @@ class Recipe:
         t1 = time.time()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        saver = self.cfg.rollout.enable_memory_saver and self.engine_kind == "sglang"  # same on every rank
+        if saver and self.rank == 0:  # the trainer gets SGLang's memory while it updates
+            self.engine.release_memory()
         if samples:
             stats = self.trainer.update(samples)
         else:  # every group filtered out: nothing to learn from this batch
@@ -287,7 +291,9 @@ class Recipe:
         if stats["nonfinite_steps"]:
             log.warning("step %d: non-finite loss or grad norm in %d optimizer step(s): skipped",
                         step, stats["nonfinite_steps"])
-        info["time_push"] = self._push(step) if stats["optimizer_steps"] else 0.0
+        if saver and self.rank == 0:  # resumed weights are garbage: push even when nothing changed
+            self.engine.resume_memory()
+        info["time_push"] = self._push(step) if stats["optimizer_steps"] or saver else 0.0
         info["time_step"] = time.time() - t0
         return info
 
