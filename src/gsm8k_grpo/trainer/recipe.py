@@ -72,6 +72,13 @@ class Recipe:
         if self.rank == 0:
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
 
+        # cheap checks first: data and model size, before any model is built or loaded
+        train = gsm8k.load_split("train", cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
+        self.pool = gsm8k.train_subset(train, cfg.data.max_train_samples, cfg.data.seed)
+        self.eval_set = None
+        if cfg.eval.every or cfg.eval.at_end:
+            test = gsm8k.load_split("test", cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
+            self.eval_set = test[: cfg.eval.samples]
         self.engine_kind = choose_engine(cfg.rollout.engine)
         self._check_cpu_size()
         self.model_dir = materialize(cfg.model, self.run_dir / "base_model") if self.rank == 0 else None
@@ -84,12 +91,6 @@ class Recipe:
             gen_cfg = None
         self.stop_ids = prompts.stop_token_ids(self.tokenizer, gen_cfg)
 
-        train = gsm8k.load_split("train", cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
-        self.pool = gsm8k.train_subset(train, cfg.data.max_train_samples, cfg.data.seed)
-        self.eval_set = None
-        if cfg.eval.every or cfg.eval.at_end:
-            test = gsm8k.load_split("test", cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
-            self.eval_set = test[: cfg.eval.samples]
         spe = gsm8k.steps_per_epoch(len(self.pool), cfg.trainer.batch_size)
         self.total_steps = cfg.trainer.max_steps or spe * cfg.trainer.epochs
         self._prompt_cache: dict[int, list[int]] = {}
