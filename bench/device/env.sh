@@ -5,9 +5,9 @@ if [ -f .whl/b/sglang-env.sh ] && [ ! -f /tmp/site/.ready ]; then
 elif [ -f /tmp/wh/sglang-env.sh ]; then
   source /tmp/wh/sglang-env.sh /tmp/wh
 fi
-export PYTHONPATH="$PWD/src:$PYTHONPATH" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # data carried once in .carry/ is kept in /tmp/carry for later calls
-if [ -d .carry/gsm8k ]; then mkdir -p /tmp/carry && cp -r --update=none .carry/. /tmp/carry/; fi
+if [ -d .carry/gsm8k ]; then mkdir -p /tmp/carry && cp -r .carry/. /tmp/carry/; fi
 [ -d .carry/gsm8k ] || { [ -d /tmp/carry/gsm8k ] && ln -sfn /tmp/carry .carry; }
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -38,6 +38,7 @@ run_eval() {
 }
 
 if [ "${BASELINE:-1}" != 0 ]; then
+  # shellcheck disable=SC2086  # EVAL_SET is "--all" or "--samples N" on purpose
   run_eval baseline 150 $EVAL_SET --engine "$EVAL_ENGINE" --output "$OUT/baseline_rows.jsonl"
   cp "$OUT/baseline_rows.jsonl" "$STATE/" 2>/dev/null
 fi

@@ -216,7 +216,7 @@ def draw(metrics: list[dict] | None, slice_points: list[tuple[int, float, str]],
     try:
         _draw(plt, metrics or [], slice_points, out, base_len, final_len, title, final_point)
         return True
-    except Exception as e:  # a plotting problem must not cost the report
+    except Exception as e:  # noqa: BLE001  (a plotting problem must not cost the report)
         notes.append(f"curves.png not drawn: {type(e).__name__}: {e}")
         plt.close("all")
         return False
@@ -227,7 +227,7 @@ def _draw(plt, metrics, slice_points, out, base_len, final_len, title, final_poi
     ax1, ax2, ax3 = axes
     st, rw = series(metrics, "reward_mean")
     if st:
-        ax1.plot(st, rw, color="tab:blue", alpha=0.35, lw=1, label="train reward (mean of 64 samples)")
+        ax1.plot(st, rw, color="tab:blue", alpha=0.35, lw=1, label="train reward (mean over the step's samples)")
         ax1.plot(st, moving(rw), color="tab:blue", lw=2, label="train reward, 5-step mean")
     sa, ac = series(metrics, "accuracy")
     if sa and ac != rw:
@@ -297,7 +297,15 @@ def build(dirs: list[Path], preset: str | None, out_dir: Path) -> Path:
     if fsum and fin:
         fsum = {**fin, **fsum}
     preset = preset or (fin or {}).get("preset") or (chunks[-1].get("preset") if chunks else None) or "?"
+    if chunks and preset != "?":  # /tmp/learn/train_chunks.jsonl holds every preset trained in the hold
+        chunks = [c for c in chunks if c.get("preset") in (preset, None)] or None
     step = (fin or {}).get("checkpoint_step") or (metrics[-1].get("step") if metrics else None)
+    if metrics and (fin or {}).get("checkpoint_step"):
+        extra = [r for r in metrics if r.get("step", 0) > step]
+        if extra:  # a train.sh call cut by its timeout logged steps that no checkpoint holds
+            notes.append(f"metrics.jsonl: dropped {len(extra)} record(s) after step {step}, the evaluated "
+                         "checkpoint (logged by a call cut by its timeout; a resume would redo them)")
+            metrics = [r for r in metrics if r.get("step", 0) <= step] or None
 
     L: list[str] = []
     L.append(f"# Does GRPO learn on real weights? `{preset}` preset, Qwen2.5-Coder-0.5B-Instruct")
@@ -308,6 +316,8 @@ def build(dirs: list[Path], preset: str | None, out_dir: Path) -> Path:
     L.append("Model: Qwen2.5-Coder-0.5B-Instruct, dequantised from a Q4_K_M GGUF to bf16 (630 M params, "
              "untied lm_head; see shared/models/README.md), not Qwen2.5-0.5B-Instruct. Both evals: greedy, "
              "512 new tokens, the training prompt and reward code, SGLang engine unless the table says otherwise.")
+    if (base or {}).get("model") or (fin or {}).get("model"):
+        L.append(f"Baseline model `{(base or {}).get('model', '?')}`; trained checkpoint `{(fin or {}).get('model', '?')}`.")
     L.append("")
 
     # --- headline
@@ -391,7 +401,7 @@ def build(dirs: list[Path], preset: str | None, out_dir: Path) -> Path:
                           "filtered_group_frac", "peak_mem_gb", "gen_tokens_per_s")}
         L.append(f"Medians per step: generate {num(meds['time_generate'], '{:.2f} s')}, update "
                  f"{num(meds['time_update'], '{:.2f} s')}, push {num(meds['time_push'], '{:.3f} s')}, samples trained "
-                 f"{num(meds['samples_trained'], '{:.0f}')} of 64, groups filtered {pct(meds['filtered_group_frac'], 0)}, "
+                 f"{num(meds['samples_trained'], '{:.0f}')}, groups filtered {pct(meds['filtered_group_frac'], 0)}, "
                  f"grad norm {num(meds['grad_norm'], '{:.3f}')}, generation {num(meds['gen_tokens_per_s'], '{:.0f}')} tok/s, "
                  f"peak trainer memory {num(meds['peak_mem_gb'], '{:.1f} GiB')}.")
         stale = msum("stale_samples")
@@ -450,7 +460,7 @@ def build(dirs: list[Path], preset: str | None, out_dir: Path) -> Path:
     if drawn:
         L.append("![reward, accuracy and response length per step](curves.png)")
         L.append("")
-        L.append("Left: strict reward of the 64 training samples per step (thin) and its 5-step mean; red: "
+        L.append("Left: mean strict reward of each step's training samples (thin) and its 5-step mean; red: "
                  f"greedy eval on the first {EVAL_SLICE} test questions (step 0 = the baseline's rows). Middle: "
                  "mean response length of the training samples and of the evals. Right: truncation, groups "
                  "dropped for zero reward variance, and the \\boxed{} format rate.")

@@ -10,6 +10,8 @@
 # 510; SIGTERM, which stops the SGLang child; SIGKILL 20 s later), so the command ends within ~540 s.
 # Writes to $OUT: train.out (stdout+stderr), train.log, metrics.jsonl, reward.png (when drawn),
 # sglang_server.log (tail), train_chunks.jsonl (one line per call: rc, wall, steps; kept in /tmp/learn).
+# Knobs: EXTRA_SET="key=value ..." adds --set overrides (on a resume only the keys resume allows
+# without --force: trainer.max_steps, logging.*, eval.every/at_end, ...); FORCE=1 passes --force to resume.
 source bench/device/env.sh || exit 1
 set -u
 source bench/device/learn/common.sh || exit 1
@@ -32,6 +34,7 @@ fi
 # shellcheck disable=SC2206  # EXTRA_SET is a list of key=value words on purpose
 extra=(${EXTRA_SET:-})
 for kv in "${extra[@]}"; do cmd+=(--set "$kv"); done
+[ "$mode" = resume ] && [ "${FORCE:-0}" = 1 ] && cmd+=(--force)   # resume although the config changed
 echo "== $(date +%T) $mode: ${cmd[*]}  (checkpoint step before: $before, timeout $LIMIT s)"
 t0=$SECONDS
 timeout -k 20 -s TERM "$LIMIT" "${cmd[@]}" > "$OUT/train.out" 2>&1
