@@ -129,3 +129,16 @@ def test_help_and_version_are_fast():
         assert time.time() - t < 3.0  # includes interpreter start; the import itself is ~0.3 s
     assert "grpo 0.1.0" in grpo("--version").stdout
     assert "Example" in grpo("train", "--help").stdout
+
+
+def test_preset_step_counts_match_the_readme():
+    """README/preset comments: fast 25, 1hour 124, 3hour 375, full 4,670 steps of 8 prompts."""
+    from gsm8k_grpo.data.gsm8k import steps_per_epoch
+
+    expected = {"fast": 25, "1hour": 124, "3hour": 375, "full": 4670}
+    for name, steps in expected.items():
+        cfg = build_config(name)
+        n = cfg.data.max_train_samples or 7473
+        assert steps_per_epoch(n, cfg.trainer.batch_size) * cfg.trainer.epochs == steps, name
+        row = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith(f"| `{name}` |"))
+        assert row.split("|")[4].strip().replace(",", "") == str(steps), row
