@@ -51,23 +51,42 @@ class HFEngine:
             do_sample=not greedy, temperature=None if greedy else params.temperature,
             top_p=None if greedy else params.top_p, top_k=None, repetition_penalty=None,
             max_new_tokens=params.max_new_tokens, eos_token_id=list(params.stop_token_ids) or None,
-            pad_token_id=self.pad_token_id, output_logits=True, return_dict_in_generate=True,
+            pad_token_id=self.pad_token_id, return_dict_in_generate=True,
         )
         res = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                   generation_config=gen_cfg)
         new = res.sequences[:, width:].cpu()                         # [b, t]
-        logits = torch.stack(res.logits, dim=1).float().cpu()        # [b, t, V]
-        logp = torch.log_softmax(logits / (params.temperature or 1.0), dim=-1)
-        tok_logp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)   # [b, t]
         stops = set(params.stop_token_ids)
-        comps = []
+        ends = []
         for r in range(new.shape[0]):
             toks = new[r].tolist()
             end = next((j + 1 for j, t in enumerate(toks) if t in stops), None)
-            reason = "stop" if end is not None else "length"
-            end = end if end is not None else min(len(toks), params.max_new_tokens)
-            comps.append(Completion(toks[:end], tok_logp[r, :end].tolist(), reason, self.weight_version))
-        return comps
+            ends.append((end, "stop") if end is not None else (min(len(toks), params.max_new_tokens), "length"))
+        logp = self._token_logprobs(ids, mask, new, [e for e, _ in ends], params.temperature or 1.0)
+        return [Completion(new[r, :end].tolist(), logp[r, :end].tolist(), reason, self.weight_version)
+                for r, (end, reason) in enumerate(ends)]
+
+    def _token_logprobs(self, ids, mask, new, ends: list[int], temperature: float,
+                        chunk: int = 1024) -> torch.Tensor:
+        """log_softmax(logits / T) of each generated token, from one forward over prompt + completion.
+
+        Recomputing is cheaper in memory than keeping generate()'s per-step logits
+        (batch x new tokens x vocab floats: ~20 GB at 64 x 512 x 151,936).
+        """
+        b, width = ids.shape
+        gen_mask = (torch.arange(new.shape[1])[None, :] < torch.tensor(ends)[:, None]).long()
+        full = torch.cat([ids, new], 1).to(self.device)
+        attn = torch.cat([mask, gen_mask], 1).to(self.device)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)                      # as generate() numbers left-padded rows
+        hidden = self.model.model(input_ids=full, attention_mask=attn, position_ids=pos).last_hidden_state
+        h = hidden[:, width - 1:-1].reshape(-1, hidden.shape[-1])    # [b * t, H]: position predicts the next
+        tgt = new.reshape(-1).to(self.device)
+        head = self.model.get_output_embeddings()
+        out = []
+        for i in range(0, h.shape[0], chunk):
+            logits = head(h[i:i + chunk]).float() / temperature
+            out.append(logits.gather(-1, tgt[i:i + chunk, None]).squeeze(-1) - torch.logsumexp(logits, -1))
+        return torch.cat(out).view(b, -1).cpu()
 
     # ------------------------------------------------------------------ weights
     def load_weights_from_disk(self, path: str, version: int) -> None:
