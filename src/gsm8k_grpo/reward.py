@@ -148,8 +148,18 @@ def has_boxed(completion: str) -> bool:
     return bool(_scan_boxes(completion)[0])
 
 
+_TEXT_BLOCK_RE = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{[^{}]*\}")
+_EXPRESSION_RE = re.compile(r"(?<![A-Za-z])[A-Za-z]\s*[-+*/^]\s*[\d.]|[\d.]\s*[-+*/^]\s*[A-Za-z](?![A-Za-z])")
+
+
+def _is_expression(box: str) -> bool:
+    """An algebraic answer such as 'L-8' or '3+x': a variable, not a number (unit words don't count)."""
+    tail = _TEXT_BLOCK_RE.sub(" ", box).rsplit("=", 1)[-1]
+    return bool(_EXPRESSION_RE.search(re.sub(r"\\[A-Za-z]+", " ", tail)))
+
+
 def _strict(completion: str, boxes: list[str]) -> str | None:
-    if boxes and (answer := normalize_number(boxes[-1])) is not None:
+    if boxes and not _is_expression(boxes[-1]) and (answer := normalize_number(boxes[-1])) is not None:
         return answer
     hashes = _HASH_RE.findall(completion)
     if hashes and (answer := normalize_number(hashes[-1])) is not None:
