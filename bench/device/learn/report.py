@@ -26,6 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "src"))
+from gsm8k_grpo.eval import wilson  # noqa: E402  (one Wilson interval for eval and report)
+
 NAMES = ("baseline.json", "baseline_rows.jsonl", "final.json", "final_rows.jsonl", "metrics.jsonl",
          "train_chunks.jsonl", "speed_sglang.json", "speed_hf.json")
 EVAL_SLICE = 200          # the presets' eval.samples: in-training evals use the first 200 test questions
@@ -84,16 +87,6 @@ def read_jsonl(path: Path | None, notes: list[str]) -> list[dict] | None:
 
 
 # ----------------------------------------------------------------------------- statistics
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
-
-
 def per_question(rows: list[dict] | None) -> dict[int, dict]:
     """idx -> {strict, lenient (means over samples), tokens, truncated, has_answer, first row}."""
     if not rows:
