@@ -21,9 +21,8 @@ from pathlib import Path
 import requests
 import torch
 
-from gsm8k_grpo.config import build_config
+from common import setup
 from gsm8k_grpo.data import gsm8k, prompts
-from gsm8k_grpo.modeling import load_tokenizer, materialize
 from gsm8k_grpo.rollout.base import SamplingParams
 
 
@@ -55,12 +54,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/bench-generate")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    cfg = build_config(config_file=args.config)
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    model_dir = materialize(cfg.model, work / "model")
-    tok = load_tokenizer(model_dir)
-    stop = tuple(prompts.stop_token_ids(tok))
+    cfg, work, model_dir, tok, stop = setup(args.config, args.workdir)
     pool = gsm8k.load_split("train", cfg.data.path)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     result: dict = {"gpu": torch.cuda.get_device_name(0), "model": "Qwen2.5-0.5B architecture, random bf16",

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from gsm8k_grpo.config import build_config
+from common import setup
 from gsm8k_grpo.data import gsm8k, prompts
-from gsm8k_grpo.modeling import load_causal_lm, load_tokenizer, materialize
+from gsm8k_grpo.modeling import load_causal_lm
 from gsm8k_grpo.rollout.base import SamplingParams
 from gsm8k_grpo.rollout.sglang_engine import SGLangEngine
 from gsm8k_grpo.trainer.batching import TrainSample, collate
@@ -56,12 +56,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/bench-transports")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    cfg = build_config(config_file=args.config)
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    model_dir = materialize(cfg.model, work / "model")
-    tok = load_tokenizer(model_dir)
-    stop = prompts.stop_token_ids(tok)
+    cfg, work, model_dir, tok, stop = setup(args.config, args.workdir)
     result = {"gpu": torch.cuda.get_device_name(0), "bucket_mb": args.bucket_mb, "pushes": args.pushes,
               "model": "Qwen2.5-0.5B architecture, random bf16 weights"}
 
