@@ -1,7 +1,7 @@
 """A stand-in for an SGLang HTTP server, for CPU tests (real SGLang needs a GPU).
 
     python tests/fake_sglang.py --port P [--bracket] [--die-after N] [--never-healthy]
-                                [--busy-flushes K] [--weight-version V]
+                                [--busy-flushes K] [--weight-version V] [--stall-broadcast]
 
 It speaks the subset of SGLang 0.5.17's native API our client uses, with the same request
 fields and reply shapes: /health, /generate (deterministic fake tokens and logprobs; honours
@@ -10,7 +10,14 @@ TokenizerManager does), the weight-update routes (they record what they got and 
 weight_version), /init_weights_update_group (really joins a gloo group as rank 1, built like
 SGLang's init_custom_process_group) and /update_weights_from_distributed (really receives
 the broadcast), /flush_cache (400 for the first K calls, like a busy server), pause/continue,
-/model_info, /update_weight_version. ``--bracket`` adds SGLang 0.5.23's /begin_weight_update
+/model_info, /update_weight_version.
+
+Like SGLang (``_set_envs_and_config``, entrypoints/engine.py:1582 in 0.5.17) the fake sets
+NCCL_CUMEM_ENABLE=0 unless it inherited the variable, and like NCCL it then refuses to pair with
+a trainer whose setting differs: the trainer's NCCL defaults to cuMem on, so an uninherited
+variable means a mismatch and /update_weights_from_distributed never joins the broadcast (the
+request hangs, as the real pair did on 2 GPUs). ``--stall-broadcast`` forces that stall.
+``--bracket`` adds SGLang 0.5.23's /begin_weight_update
 and /end_weight_update and refuses tensor/distributed updates outside them. ``--die-after N``
 exits abruptly on the (N+1)-th /generate. GET /_state returns what was recorded (tests only).
 Unknown launcher flags are ignored, so the real launcher's extra arguments can be passed.
@@ -34,6 +41,8 @@ STATE: dict = {"weight_version": "default", "disk_updates": [], "tensor_updates"
                "received": {}, "paused": False, "session_open": False, "calls": [], "generate_calls": 0,
                "flush_calls": 0}
 GROUPS: dict = {}
+TRAINER_CUMEM = "1"  # NCCL's own default (the trainer process does not go through SGLang's env rule)
+STALL_S = 120.0      # how long a stalled update waits before giving up (the test's timeout is shorter)
 
 
 def log(msg: str) -> None:
@@ -188,6 +197,12 @@ class Handler(BaseHTTPRequestHandler):
         self.ok("Succeeded to initialize custom process group.")
 
     def r_update_weights_from_distributed(self, body: dict) -> None:
+        cumem = os.environ["NCCL_CUMEM_ENABLE"]
+        if ARGS.stall_broadcast or cumem != TRAINER_CUMEM:
+            log(f"update_weights_from_distributed: not joining the broadcast (NCCL_CUMEM_ENABLE={cumem} here, "
+                f"{TRAINER_CUMEM} in the trainer: NCCL peers that disagree never connect)")
+            threading.Event().wait(STALL_S)
+            return self.fail("Failed to update parameter online: stalled (fake).")
         with LOCK:
             if not self._check_session("update_weights_from_distributed"):
                 return
@@ -259,7 +274,10 @@ def main() -> None:
     p.add_argument("--never-healthy", action="store_true")
     p.add_argument("--busy-flushes", type=int, default=0)
     p.add_argument("--weight-version", default="default")
+    p.add_argument("--stall-broadcast", action="store_true")
     ARGS, unknown = p.parse_known_args()
+    if "NCCL_CUMEM_ENABLE" not in os.environ:  # SGLang's _set_envs_and_config (enable_symm_mem off)
+        os.environ["NCCL_CUMEM_ENABLE"] = "0"
     STATE["weight_version"] = ARGS.weight_version
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
     server.daemon_threads = True

@@ -59,6 +59,7 @@ def test_server_lifecycle(tmp_path):
 
 def test_default_command_and_child_env(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    monkeypatch.delenv("NCCL_CUMEM_ENABLE", raising=False)  # restored (unset) afterwards
     srv = SGLangServer("/m", mem_fraction=0.3, extra_args=["--attention-backend", "triton"], log_path=tmp_path / "l",
                        timeout_s=1, gpu_ids=[2], enable_memory_saver=True, dtype="bfloat16", python="/py")
     assert srv.command(1234) == [
@@ -67,6 +68,10 @@ def test_default_command_and_child_env(tmp_path, monkeypatch):
         "--attention-backend", "triton"]
     env = srv._env()
     assert env["CUDA_VISIBLE_DEVICES"] == "6" and env["NCCL_NVLS_ENABLE"] == "0"
+    # pinned here and passed on: SGLang would force 0 against the trainer's NCCL default of 1
+    assert env["NCCL_CUMEM_ENABLE"] == os.environ["NCCL_CUMEM_ENABLE"] == "1"
+    monkeypatch.setenv("NCCL_CUMEM_ENABLE", "0")
+    assert srv._env()["NCCL_CUMEM_ENABLE"] == "0"
     assert env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1" and env["NVSHMEM_DISABLE_NVLS"] == "1"
 
 

@@ -30,6 +30,16 @@ NOT_INSTALLED = (
 )
 # NVLink multicast (NVLS / symmetric memory) is off on the lent machines; keep it off in the child.
 CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+# SGLang sets NCCL_CUMEM_ENABLE=0 in its processes unless the variable is inherited
+# (entrypoints/engine.py:_set_envs_and_config), while the trainer's NCCL defaults to cuMem on.
+# NCCL peers that disagree on it do not connect: the first weight broadcast hung. The child
+# therefore inherits the trainer's value, pinned by pin_nccl_env() before the trainer's NCCL starts.
+NCCL_CUMEM = "1"
+
+
+def pin_nccl_env() -> str:
+    """Fix NCCL_CUMEM_ENABLE in this process (NCCL's default, unless set); the SGLang child inherits it."""
+    return os.environ.setdefault("NCCL_CUMEM_ENABLE", NCCL_CUMEM)
 TAIL_LINES = 40
 
 _LIVE: set[SGLangServer] = set()
@@ -159,6 +169,7 @@ class SGLangServer:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(CHILD_ENV)
+        env["NCCL_CUMEM_ENABLE"] = pin_nccl_env()  # the same as ours, see NCCL_CUMEM
         env["PYTHONUNBUFFERED"] = "1"
         if self.gpu_ids is not None:
             env["CUDA_VISIBLE_DEVICES"] = _child_cuda_devices(self.gpu_ids)

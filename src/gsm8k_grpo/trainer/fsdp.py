@@ -26,6 +26,9 @@ def free_port() -> int:
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join (or create, world size 1) the default process group; return (rank, world_size)."""
+    from gsm8k_grpo.rollout.server import pin_nccl_env
+
+    pin_nccl_env()  # before our first NCCL call: the SGLang server must use the same setting
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun
