@@ -222,11 +222,31 @@ def test_nccl_server_failure_is_reported(tmp_path, monkeypatch):
         t = NCCLTransport(eng.client, 1, group_name=f"test-{uuid.uuid4().hex[:8]}", backend="gloo", timeout_s=30,
                           engine=eng)
         try:
-            with pytest.raises(TransportError, match=r"NCCL weight update to version 1 \(bucket 0\) failed.*KeyError: 'bad.w'"):
+            with pytest.raises(TransportError, match=r"NCCL weight update to version 1 \(bucket 0[^)]*\) failed.*KeyError: 'bad.w'"):
                 t.push(iter([("bad.w", torch.zeros(2))]), 1)
         finally:
             t.close()
         assert eng.weight_version == 0
+
+
+def test_nccl_stalled_broadcast_names_the_stage(tmp_path, monkeypatch, caplog):
+    """A server that never joins the broadcast (as with NCCL peers that disagree) ends in a timeout
+    that names the stage and the pending side, and the group is not reused afterwards."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    caplog.set_level("INFO", logger="gsm8k_grpo")
+    with fake_engine(tmp_path, "--stall-broadcast") as eng:
+        t = NCCLTransport(eng.client, 1, group_name=f"test-{uuid.uuid4().hex[:8]}", backend="gloo", timeout_s=3,
+                          engine=eng)
+        try:
+            with pytest.raises(TransportError, match=r"version 1 \(bucket 0, first broadcast: NCCL communicator "
+                               r"setup\) timed out after 3s \(.*POST /update_weights_from_distributed: still waiting"):
+                t.push(iter([("a.w", torch.zeros(2))]), 1)
+            with pytest.raises(TransportError, match="unusable after an earlier failure"):
+                t.push(iter([("a.w", torch.zeros(2))]), 2)
+        finally:
+            t.close()
+        assert eng.weight_version == 0
+    assert "NCCL weight group: ready" in caplog.text and "NCCL push v1 bucket 0: 1 tensors" in caplog.text
 
 
 # ----------------------------------------------------------------------------- ipc (CUDA mocked)

@@ -8,11 +8,17 @@ each other, so both run in threads. Per bucket, ``POST /update_weights_from_dist
 (names/dtypes/shapes, in broadcast order) runs in a thread while we broadcast each tensor.
 Two ranks on one GPU cannot form an NCCL group, so a shared GPU is refused up front.
 ``backend`` is a parameter so tests can run the same protocol over gloo on CPU.
+
+NCCL groups connect lazily: the communicator is built inside the first broadcast, on both sides.
+That call blocks until the peers connect, so all our NCCL work (broadcasts, waiting for them)
+runs in a thread too and the main thread only waits, with a timeout that names the stage and
+says which side is still pending. Both sides must share NCCL_CUMEM_ENABLE (rollout/server.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -95,16 +101,23 @@ class NCCLTransport(Transport):
         self.engine = engine  # its weight_version follows successful pushes
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         self.group: dist.ProcessGroup | None = None
+        self.broken: str | None = None  # set when a push failed half-way; later pushes refuse
+        self._fresh = True  # no broadcast yet: the first one builds the NCCL communicator
 
-    def _both(self, local: Future, remote: Future, what: str) -> None:
-        """Wait for our side and the server's request; the first failure ends the wait."""
+    def _both(self, local: Future, remote: Future, what: str, ours: str, theirs: str) -> None:
+        """Wait for our side and the server's request; the first failure ends the wait.
+
+        On timeout the message names the stage and which side is still pending."""
         done, pending = wait([local, remote], timeout=self.timeout_s, return_when=FIRST_EXCEPTION)
         for f in (remote, local):  # the server's message explains more than our side's timeout
             if f in done and f.exception() is not None:
                 e = f.exception()
                 raise TransportError(f"NCCL {what} failed: {e}") from e
         if pending:
-            raise TransportError(f"NCCL {what} timed out after {self.timeout_s:.0f}s")
+            state = "; ".join(f"{name}: {'done' if f.done() else 'still waiting'}"
+                              for name, f in ((ours, local), (theirs, remote)))
+            raise TransportError(f"NCCL {what} timed out after {self.timeout_s:.0f}s ({state}); run with "
+                                 "NCCL_DEBUG=INFO and read the SGLang server log")
 
     def _connect(self) -> dist.ProcessGroup:
         port = self.master_port or free_port()
@@ -113,46 +126,85 @@ class NCCLTransport(Transport):
                             self.group_name, self.backend)
         local = _in_thread(init_custom_process_group, self.backend, f"tcp://{self.master_address}:{port}", world, 0,
                            self.group_name, timedelta(seconds=self.timeout_s))
-        log.info("NCCL weight group: joining %s:%d as rank 0 of %d (%s)", self.master_address, port, world,
-                 self.group_name)
-        self._both(local, remote, f"group setup ({self.master_address}:{port}, world size {world})")
-        log.info("NCCL weight group: ready")
+        log.info("NCCL weight group: joining %s:%d as rank 0 of %d (%s, backend %s, NCCL_CUMEM_ENABLE=%s)",
+                 self.master_address, port, world, self.group_name, self.backend,
+                 os.environ.get("NCCL_CUMEM_ENABLE", "unset"))
+        self._both(local, remote, f"group setup ({self.master_address}:{port}, world size {world})",
+                   "our rendezvous", "POST /init_weights_update_group")
+        log.info("NCCL weight group: ready (the NCCL communicator connects in the first broadcast)")
         return local.result()
+
+    def _broadcast(self, tensors: list[torch.Tensor], stream) -> None:
+        """Broadcast tensors as rank 0 and wait until they are sent (runs in a thread)."""
+        if stream is None:
+            works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
+            for w in works:
+                w.wait()
+            return
+        torch.cuda.set_device(self.device)  # a new thread starts on GPU 0
+        with torch.cuda.stream(stream):  # the stream that made the tensors
+            works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
+            for w in works:
+                w.wait()  # NCCL: only orders the stream after the broadcast ...
+            stream.synchronize()  # ... this waits for it, so "done" means sent
+
+    def _send_bucket(self, bucket: list[tuple[str, torch.Tensor]], version: int, n: int, loud: bool) -> int:
+        """One bucket: the server's receive request and our broadcast, concurrently -> bytes sent."""
+        tensors = [t.detach().to(self.device).contiguous() for _, t in bucket]
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        say = log.info if loud else log.debug
+        say("NCCL push v%d bucket %d: %d tensors, %.1f MB: POST /update_weights_from_distributed + broadcast%s",
+            version, n, len(tensors), size / 2**20, " (first: builds the NCCL communicator)" if self._fresh else "")
+        remote = _in_thread(
+            self.client.update_weights_from_distributed, [name for name, _ in bucket],
+            [_dtype_name(t.dtype) for t in tensors], [list(t.shape) for t in tensors], self.group_name, version,
+        )
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        local = _in_thread(self._broadcast, tensors, stream)
+        self._both(local, remote, f"weight update to version {version} (bucket {n}"
+                   + (", first broadcast: NCCL communicator setup" if self._fresh else "") + ")",
+                   "our broadcast", "POST /update_weights_from_distributed")
+        self._fresh = False
+        say("NCCL push v%d bucket %d: sent and applied by the server", version, n)
+        return size
 
     def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> PushStats:
         t0 = time.perf_counter()
-        if self.group is None:
-            self.group = self._connect()
+        if self.broken is not None:
+            raise TransportError(f"NCCL weight group is unusable after an earlier failure: {self.broken}")
+        loud = self._fresh or version <= 1 or self.engine is None
         total = n = 0
         try:
+            if self.group is None:
+                self.group = self._connect()
             with self.client.weight_update_session():
                 for bucket in buckets(named_tensors, self.bucket_bytes):
-                    tensors = [t.detach().to(self.device).contiguous() for _, t in bucket]
-                    remote = _in_thread(
-                        self.client.update_weights_from_distributed, [name for name, _ in bucket],
-                        [_dtype_name(t.dtype) for t in tensors], [list(t.shape) for t in tensors],
-                        self.group_name, version,
-                    )
-                    works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
-                    self._both(_in_thread(lambda ws=works: [w.wait() for w in ws]), remote,
-                               f"weight update to version {version} (bucket {n})")
-                    if version <= 1 or self.engine is None:
-                        log.info("NCCL push v%d: bucket %d sent (%d tensors)", version, n, len(tensors))
-                    total += sum(t.numel() * t.element_size() for t in tensors)
+                    total += self._send_bucket(bucket, version, n, loud)
                     n += 1
         except EngineError as e:
-            raise TransportError(f"NCCL weight update to version {version} failed: {e}") from e
+            self.broken = f"weight update to version {version} failed: {e}"
+            raise TransportError(f"NCCL {self.broken}") from e
+        except TransportError as e:  # the group may be half-way through a broadcast: do not reuse it
+            self.broken = str(e)
+            raise
         if self.engine is not None:
             self.engine.weight_version = version
+        if loud:
+            log.info("NCCL push v%d: %d buckets, %.1f MB in %.2fs", version, n, total / 2**20,
+                     time.perf_counter() - t0)
         return PushStats(seconds=time.perf_counter() - t0, bytes=total, buckets=n)
 
     def close(self) -> None:
+        """Destroy the group on both sides; a stuck NCCL group must not block shutdown (timeouts)."""
         if self.group is None:
             return
         group, self.group = self.group, None
+        remote = _in_thread(self.client.destroy_weights_update_group, self.group_name)
+        local = _in_thread(dist.destroy_process_group, group)
         try:
-            self.client.destroy_weights_update_group(self.group_name)
-        except EngineError as e:
-            raise TransportError(f"NCCL group teardown failed: {e}") from e
-        finally:
-            dist.destroy_process_group(group)
+            self._both(local, remote, "group teardown", "our destroy_process_group",
+                       "POST /destroy_weights_update_group")
+        except TransportError:
+            if self.broken is None:
+                raise
+            log.warning("NCCL group teardown after a failed push did not finish cleanly")
