@@ -133,7 +133,9 @@ def run(args) -> None:
 
     cfg, work, model_dir, tok, stop = setup(args.config, args.workdir)
     stage("model dir", path=model_dir)
-    rollout = cfg.rollout.model_copy(update={"server_timeout_s": args.server_timeout})
+    extra = ["--cuda-graph-backend-prefill", "disabled"] if args.no_prefill_graph else []
+    rollout = cfg.rollout.model_copy(update={"server_timeout_s": args.server_timeout,
+                                             "server_args": [*cfg.rollout.server_args, *extra]})
     engine = SGLangEngine(model_dir, rollout, work, gpu_ids=[1])
     STAGE["engine"] = engine
     stage("server healthy on GPU 1", url=engine.server.base_url, log=str(engine.server.log_path))
@@ -181,8 +183,11 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/nccl-probe")
     ap.add_argument("--bucket-mb", type=int, default=512)
     ap.add_argument("--timeout", type=float, default=60.0, help="transport stage timeout (s)")
-    ap.add_argument("--server-timeout", type=float, default=150.0, help="server start timeout (s)")
-    ap.add_argument("--deadline", type=float, default=230.0, help="watchdog: whole run (s)")
+    ap.add_argument("--server-timeout", type=float, default=330.0,
+                    help="server start timeout (s); a cold 2xH100 machine needed ~150 s on 2026-11-27")
+    ap.add_argument("--deadline", type=float, default=450.0, help="watchdog: whole run (s)")
+    ap.add_argument("--prefill-graph", dest="no_prefill_graph", action="store_false",
+                    help="keep SGLang's prefill CUDA graph capture (61-85 s of the cold start on 2026-11-27)")
     ap.add_argument("--old-env", action="store_true", help="reproduce the hang (NCCL_CUMEM_ENABLE mismatch)")
     ap.add_argument("--out", default=None, help="JSON summary")
     args = ap.parse_args()
