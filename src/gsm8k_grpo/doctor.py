@@ -25,7 +25,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from gsm8k_grpo import memory
 from gsm8k_grpo.config import RunConfig
+from gsm8k_grpo.memory import estimate_params  # noqa: F401  (doctor.estimate_params, kept for callers)
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -237,25 +239,6 @@ def _model_config(ctx: _Ctx) -> dict | None:
     cfg = json.loads(f.read_text())
     cfg.update(ctx.cfg.model.config_overrides)
     return cfg
-
-
-def estimate_params(c: dict) -> int:
-    """Parameter count of a Llama/Qwen2-style decoder from its config.json fields."""
-    h = int(c["hidden_size"])
-    layers = int(c["num_hidden_layers"])
-    vocab = int(c["vocab_size"])
-    inter = int(c.get("intermediate_size") or 4 * h)
-    heads = int(c.get("num_attention_heads") or max(1, h // 64))
-    kv_heads = int(c.get("num_key_value_heads") or heads)
-    head_dim = int(c.get("head_dim") or h // heads)
-    q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
-    bias = q_dim + 2 * kv_dim if c.get("model_type", "qwen2") == "qwen2" or c.get("attention_bias") else 0
-    attn = h * q_dim + 2 * h * kv_dim + q_dim * h + bias
-    mlp = 3 * h * inter
-    per_layer = attn + mlp + 2 * h
-    embed = vocab * h
-    head = 0 if c.get("tie_word_embeddings", True) else vocab * h
-    return embed + head + layers * per_layer + h
 
 
 def _gpu_split(ctx: _Ctx) -> tuple[list[int], list[int]]:
@@ -727,23 +710,15 @@ def check_memory(ctx: _Ctx) -> Check:
     mc = _model_config(ctx)
     if mc is None:
         return Check("memory", "ok", f"estimate skipped: config.json of {ctx.cfg.model.path} is not local or cached")
-    params = estimate_params(mc)
+    params = memory.estimate_params(mc)
     c = ctx.cfg
     on_gpu = ctx.trainer_on_gpu() and bool(ctx.gpus)
     act_b = 4 if (not on_gpu or c.trainer.dtype == "fp32") else 2
-    h, layers = int(mc["hidden_size"]), int(mc["num_hidden_layers"])
-    inter, vocab = int(mc.get("intermediate_size") or 4 * h), int(mc["vocab_size"])
-    tokens = c.trainer.micro_batch_tokens
-    per_tok_layer = (10 * h + 4 * inter) * act_b  # saved activations of one decoder layer, per token (approx.)
-    if c.trainer.grad_checkpointing:
-        act = tokens * (h * act_b * layers + per_tok_layer)
-    else:
-        act = tokens * per_tok_layer * layers
-    act += min(c.trainer.logprob_chunk, tokens) * vocab * (act_b + 8)  # one chunk of logits + fp32 log-softmax/grad
-    state = params * 16  # fp32 master weights + grads + Adam m and v
     engine = ctx.engine()
     pre = f"{params / 1e6:.0f}M params"
     if not on_gpu:
+        cpu = memory.estimate(mc, c, 0, shared=False, bf16=False)
+        state, act = cpu.state, cpu.activations
         hf_copy = params * 4 if engine == "hf" else 0
         need = state + act + hf_copy
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -761,22 +736,21 @@ def check_memory(ctx: _Ctx) -> Check:
     trainer_gpus = [i for i in trainer_gpus if i < len(ctx.gpus)] or [0]
     server_gpus = [i for i in server_gpus if i < len(ctx.gpus)]
     g = ctx.gpus[trainer_gpus[0]]
-    trainer = state / len(trainer_gpus) + act  # FSDP shards the state over the trainer GPUs
-    if engine == "hf":
-        trainer += params * act_b
-    shared = trainer_gpus[0] in server_gpus
-    server = c.rollout.mem_fraction * g.total if (engine == "sglang" and shared) else 0
-    need = trainer + server
+    shared = engine == "sglang" and trainer_gpus[0] in server_gpus
+    bf16 = c.trainer.dtype != "fp32"
+    fitted, changes, est = memory.fit(mc, c, g.total, shared, len(trainer_gpus), bf16)
+    hf_engine = params * act_b if engine == "hf" else 0
+    need = est.total + hf_engine
     budget = g.free if g.free is not None else g.total
-    detail = (f"{pre}: trainer ≈ {_gib(trainer)} per GPU (state {_gib(state / len(trainer_gpus))} + activations "
-              f"{_gib(act)}{' + HF engine' if engine == 'hf' else ''})")
-    if server:
-        detail += f" + SGLang {_gib(server)} (mem_fraction {c.rollout.mem_fraction} × {_gib(g.total)})"
-    detail += f" = {_gib(need)} of {_gib(budget)} free on GPU {g.index}"
+    detail = f"{pre}: {memory.describe(est, g.total)}{' + HF engine' if hf_engine else ''} on GPU {g.index}"
+    if g.free is not None:
+        detail += f" ({_gib(g.free)} free)"
+    if changes:
+        detail += "; grpo train will set " + ", ".join(changes)
     if not shared and server_gpus:
         sg = ctx.gpus[server_gpus[0]]
-        detail += f"; SGLang on GPU {sg.index} takes {_gib(c.rollout.mem_fraction * sg.total)}"
-        if sg.free is not None and c.rollout.mem_fraction * sg.total > sg.free:
+        detail += f"; SGLang on GPU {sg.index} takes {_gib(fitted.rollout.mem_fraction * sg.total)}"
+        if sg.free is not None and fitted.rollout.mem_fraction * sg.total > sg.free:
             return Check("memory", "warn", detail + f" but only {_gib(sg.free)} is free there",
                          "free that GPU or lower rollout.mem_fraction")
     if need > 0.95 * budget:

@@ -58,6 +58,7 @@ def step_seed(seed: int, step: int) -> int:
 class Recipe:
     def __init__(self, cfg: RunConfig, *, restart: bool = False, force: bool = False):
         self.cfg, self.restart, self.force = cfg, restart, force
+        self.requested_cfg = cfg
         self.engine = self.transport = self.metrics = None
 
     # ================================================================== setup
@@ -81,6 +82,9 @@ class Recipe:
             self.eval_set = test[: cfg.eval.samples]
         self.engine_kind = choose_engine(cfg.rollout.engine)
         self._check_cpu_size()
+        self.requested_cfg = cfg  # what the user asked for: saved in checkpoints, compared on resume
+        if self.device.type == "cuda":
+            self.cfg = cfg = self._fit_memory()
         self.model_dir = materialize(cfg.model, self.run_dir / "base_model") if self.rank == 0 else None
         self.model_dir = self._bcast(self.model_dir)
         self.tokenizer = load_tokenizer(self.model_dir)
@@ -188,6 +192,23 @@ class Recipe:
             raise ConfigError(
                 f"model {self.cfg.model.path} has {n / 1e6:.0f}M parameters and no GPU is visible: the CPU engine "
                 f"would take hours. Run on a GPU host, or set rollout.engine=hf explicitly to insist")
+
+    def _fit_memory(self) -> RunConfig:
+        """Lower unpinned memory settings until trainer (+ SGLang on the same GPU) fit the card (memory.fit)."""
+        from gsm8k_grpo import memory
+
+        mc = load_config(self.cfg.model.path, self.cfg.model.config_overrides).to_dict()
+        p = self.placement
+        shared = self.engine_kind == "sglang" and p is not None and self.device.index in p.server_gpus
+        card = torch.cuda.get_device_properties(self.device).total_memory
+        bf16 = self.cfg.trainer.dtype != "fp32"
+        cfg, changes, est = memory.fit(mc, self.cfg, card, shared, len(p.trainer_gpus) if p else 1, bf16)
+        if changes:
+            log.info("memory plan for this %.0f GiB GPU: %s", card / memory.GIB, "; ".join(changes))
+        if est.total > memory.FIT_SHARE * card:
+            log.warning("memory: %s; it may not fit. Lower rollout.mem_fraction / trainer.micro_batch_tokens, "
+                        "set trainer.grad_checkpointing=true, or use two GPUs", memory.describe(est, card))
+        return cfg
 
     def _make_transport(self):
         from gsm8k_grpo.weights.detect import make_transport
@@ -327,7 +348,7 @@ class Recipe:
 
     def save_checkpoint(self, step: int) -> tuple[float, Path]:
         t0 = time.time()
-        state = {"config": self.cfg.model_dump(mode="json"),
+        state = {"config": self.requested_cfg.model_dump(mode="json"),
                  "data_cursor": {"step": step, "seed": self.cfg.data.seed, "pool": len(self.pool)},
                  "wandb_id": getattr(self.metrics, "wandb_id", None), "base_model": self.model_dir}
         dt = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(self.cfg.checkpoint.save_dtype,

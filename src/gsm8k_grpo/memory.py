@@ -1,0 +1,133 @@
+"""GPU memory of a run, estimated from the model's config.json, and the plan that fits it on a card.
+
+Estimates in bytes; h hidden size, L layers, I intermediate size, V vocab, b = 2 (bf16) or 4 (fp32):
+    trainer  = 16 · params / trainer GPUs                 fp32 weights + grads + Adam m, v (FSDP shards them)
+             + 1.13 · T · L · (10h + 4I) · b              activations of one micro-batch of T tokens
+               (1.13 · T · (L·h + 10h + 4I) · b           with gradient checkpointing: layer inputs only)
+             + C · V · (b + 8)                            one log-prob chunk of C tokens (logits, fp32 grad)
+             + 0.5 GiB                                    CUDA context
+    server   = mem_fraction · card + 2 GiB                SGLang's static pool (weights + KV cache),
+                                                          plus its context, CUDA graphs and workspace
+    rollout  = 2 · params + KV bytes/token · B·G·(256 + max_new_tokens) · 1.5   what the pool must hold
+The factor 1.13 and the 2 GiB are calibrated on an H100 with the `1hour` shapes (2026-11-27,
+bench/results/2026-11-27-h100.md): measured trainer peak 32.5 GiB, SGLang at mem_fraction 0.4 took
+33.7 GiB of the card.
+
+fit(): on a GPU shared by trainer and server, while the estimate is above 90 % of the card, take the
+first of these steps whose setting the config does not pin (a preset, --config or --set that names
+it pins it), and repeat:
+    1. rollout.mem_fraction down to what the rollout needs (at least 0.08)
+    2. trainer.micro_batch_tokens halved, down to 2048 (logprob_chunk follows when larger)
+    3. trainer.grad_checkpointing on
+The run then logs what it changed; an estimate still too big is a warning, not an error (the
+estimate is approximate, and the user may know better).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 1024**3
+ACT_CALIBRATION = 1.13
+SERVER_OVERHEAD = 2 * GIB
+CONTEXT = GIB // 2
+PROMPT_TOKENS = 256        # GSM8K prompts with the chat template stay below this
+MIN_MEM_FRACTION = 0.08
+MIN_MICRO_TOKENS = 2048
+FIT_SHARE = 0.90
+
+
+def estimate_params(c: dict) -> int:
+    """Parameter count of a Llama/Qwen2-style decoder from its config.json fields."""
+    h, layers, vocab = int(c["hidden_size"]), int(c["num_hidden_layers"]), int(c["vocab_size"])
+    inter = int(c.get("intermediate_size") or 4 * h)
+    heads = int(c.get("num_attention_heads") or max(1, h // 64))
+    kv_heads = int(c.get("num_key_value_heads") or heads)
+    head_dim = int(c.get("head_dim") or h // heads)
+    q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
+    bias = q_dim + 2 * kv_dim if c.get("model_type", "qwen2") == "qwen2" or c.get("attention_bias") else 0
+    attn = h * q_dim + 2 * h * kv_dim + q_dim * h + bias
+    per_layer = attn + 3 * h * inter + 2 * h
+    head = 0 if c.get("tie_word_embeddings", True) else vocab * h
+    return layers * per_layer + vocab * h + head + h
+
+
+def kv_bytes_per_token(c: dict, b: int = 2) -> int:
+    h = int(c["hidden_size"])
+    heads = int(c.get("num_attention_heads") or max(1, h // 64))
+    head_dim = int(c.get("head_dim") or h // heads)
+    return 2 * int(c["num_hidden_layers"]) * int(c.get("num_key_value_heads") or heads) * head_dim * b
+
+
+@dataclass(frozen=True)
+class Estimate:
+    params: int
+    state: float          # per trainer GPU
+    activations: float
+    trainer: float        # state + activations + context
+    server: float         # on the trainer's GPU only when shared, else 0
+
+    @property
+    def total(self) -> float:
+        return self.trainer + self.server
+
+
+def estimate(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int = 1, bf16: bool = True) -> Estimate:
+    """Memory on the trainer's GPU for RunConfig `cfg` (its trainer and rollout settings)."""
+    t = cfg.trainer
+    params = estimate_params(mc)
+    b = 2 if bf16 else 4
+    h, layers = int(mc["hidden_size"]), int(mc["num_hidden_layers"])
+    inter, vocab = int(mc.get("intermediate_size") or 4 * h), int(mc["vocab_size"])
+    per_tok_layer = (10 * h + 4 * inter) * b
+    tokens = t.micro_batch_tokens
+    saved = (layers * h * b + per_tok_layer) if t.grad_checkpointing else layers * per_tok_layer
+    act = ACT_CALIBRATION * tokens * saved + min(t.logprob_chunk, tokens) * vocab * (b + 8)
+    state = 16 * params / max(1, trainer_gpus)
+    server = cfg.rollout.mem_fraction * card_bytes + SERVER_OVERHEAD if shared else 0.0
+    return Estimate(params, state, act, state + act + CONTEXT, server)
+
+
+def rollout_fraction(mc: dict, cfg, card_bytes: float) -> float:
+    """The smallest SGLang mem_fraction that holds the weights and one step's KV cache, with margin."""
+    r = cfg.rollout
+    tokens = cfg.trainer.batch_size * r.n * (PROMPT_TOKENS + r.max_new_tokens)
+    need = 2 * estimate_params(mc) + 1.5 * kv_bytes_per_token(mc) * tokens
+    return max(MIN_MEM_FRACTION, round(need / card_bytes + 0.005, 2))
+
+
+def fit(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int = 1,
+        bf16: bool = True) -> tuple[object, list[str], Estimate]:
+    """-> (cfg, changes, estimate): cfg with unpinned memory settings lowered until the run fits the card."""
+    changes: list[str] = []
+    budget = FIT_SHARE * card_bytes
+    pinned_r, pinned_t = cfg.rollout.model_fields_set, cfg.trainer.model_fields_set
+    while True:
+        est = estimate(mc, cfg, card_bytes, shared, trainer_gpus, bf16)
+        if est.total <= budget:
+            return cfg, changes, est
+        r, t = cfg.rollout, cfg.trainer
+        want = rollout_fraction(mc, cfg, card_bytes)
+        if shared and "mem_fraction" not in pinned_r and want < r.mem_fraction:
+            cfg = cfg.model_copy(update={"rollout": r.model_copy(update={"mem_fraction": want})})
+            changes.append(f"rollout.mem_fraction {r.mem_fraction} -> {want}")
+        elif "micro_batch_tokens" not in pinned_t and t.micro_batch_tokens > MIN_MICRO_TOKENS:
+            mbt = max(MIN_MICRO_TOKENS, t.micro_batch_tokens // 2)
+            upd = {"micro_batch_tokens": mbt}
+            if t.logprob_chunk > mbt and "logprob_chunk" not in pinned_t:
+                upd["logprob_chunk"] = mbt
+            cfg = cfg.model_copy(update={"trainer": t.model_copy(update=upd)})
+            changes.append(f"trainer.micro_batch_tokens {t.micro_batch_tokens} -> {mbt}")
+        elif "grad_checkpointing" not in pinned_t and not t.grad_checkpointing:
+            cfg = cfg.model_copy(update={"trainer": t.model_copy(update={"grad_checkpointing": True})})
+            changes.append("trainer.grad_checkpointing false -> true")
+        else:
+            return cfg, changes, est
+
+
+def describe(est: Estimate, card_bytes: float) -> str:
+    s = (f"trainer ≈ {est.trainer / GIB:.1f} GiB (state {est.state / GIB:.1f} + activations "
+         f"{est.activations / GIB:.1f} + context)")
+    if est.server:
+        s += f" + SGLang ≈ {est.server / GIB:.1f} GiB"
+    return s + f" = {est.total / GIB:.1f} of {card_bytes / GIB:.1f} GiB"

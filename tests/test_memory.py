@@ -1,0 +1,80 @@
+"""The memory plan (memory.py): estimates calibrated on the H100, and fit() for smaller cards.
+
+No GPU here: card sizes are given as numbers, which is all fit() reads. The recipe applies the same
+function with torch.cuda's card size (only on a GPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gsm8k_grpo import assets, memory
+from gsm8k_grpo.config import build_config
+
+GIB = memory.GIB
+H100 = 81559 * 2**20          # torch's total_memory of the H100 80GB HBM3 on the device
+CARD24 = 24 * GIB
+
+
+@pytest.fixture(scope="module")
+def qwen() -> dict:
+    return json.loads((Path(assets.resolve("builtin:qwen2.5-0.5b-instruct")) / "config.json").read_text())
+
+
+def cfg_of(*sets: str, preset: str = "1hour"):
+    return build_config(preset=preset, overrides=list(sets))
+
+
+def test_estimate_matches_the_h100_measurement(qwen):
+    # bench/results/2026-11-27-h100.md: 1hour shapes, random 0.5B, peak trainer memory 32.5 GiB
+    est = memory.estimate(qwen, cfg_of(), H100, shared=True)
+    assert abs(est.trainer / GIB - 32.5) / 32.5 < 0.05
+    # SGLang at mem_fraction 0.4 left 45.5 of the card's 79.6 GiB: it took about 34 GiB
+    assert abs(est.server / GIB - 33.9) < 1.5
+
+
+def test_h100_needs_no_change(qwen):
+    cfg = cfg_of()
+    fitted, changes, est = memory.fit(qwen, cfg, H100, shared=True)
+    assert changes == [] and fitted is cfg and est.total < 0.9 * H100
+
+
+def test_24gb_card_shared_fits_by_lowering_the_server_pool_then_micro_batches(qwen):
+    fitted, changes, est = memory.fit(qwen, cfg_of(), CARD24, shared=True)
+    assert est.total <= 0.9 * CARD24
+    assert changes[0].startswith("rollout.mem_fraction 0.4 -> ")
+    assert any(c.startswith("trainer.micro_batch_tokens") for c in changes)
+    assert fitted.rollout.mem_fraction == memory.rollout_fraction(qwen, cfg_of(), CARD24) < 0.2
+    assert fitted.trainer.micro_batch_tokens < 16384
+    assert fitted.trainer.logprob_chunk <= fitted.trainer.micro_batch_tokens
+    # the server pool still holds the weights and one step's KV cache (8 x 8 x (256 + 512) tokens)
+    pool = fitted.rollout.mem_fraction * CARD24
+    assert pool >= 2 * est.params + memory.kv_bytes_per_token(qwen) * 64 * 768
+
+
+def test_pinned_settings_are_left_alone(qwen):
+    cfg = cfg_of("rollout.mem_fraction=0.3", "trainer.micro_batch_tokens=8192")
+    fitted, changes, _ = memory.fit(qwen, cfg, CARD24, shared=True)
+    assert fitted.rollout.mem_fraction == 0.3 and fitted.trainer.micro_batch_tokens == 8192
+    assert changes == ["trainer.grad_checkpointing false -> true"]
+
+
+def test_separate_gpus_leave_the_server_alone(qwen):
+    fitted, changes, est = memory.fit(qwen, cfg_of(), CARD24, shared=False)
+    assert est.server == 0 and fitted.rollout.mem_fraction == 0.4
+    assert changes and all(c.startswith("trainer.") for c in changes)
+
+
+def test_too_small_a_card_returns_the_best_plan_and_says_it_does_not_fit(qwen):
+    fitted, changes, est = memory.fit(qwen, cfg_of(), 8 * GIB, shared=True)
+    assert fitted.trainer.grad_checkpointing and fitted.trainer.micro_batch_tokens == memory.MIN_MICRO_TOKENS
+    assert est.total > 0.9 * 8 * GIB          # the recipe logs a warning and goes on
+    assert "of 8.0 GiB" in memory.describe(est, 8 * GIB)
+
+
+def test_fsdp_shards_the_state_over_trainer_gpus(qwen):
+    one = memory.estimate(qwen, cfg_of(), H100, shared=False, trainer_gpus=1)
+    four = memory.estimate(qwen, cfg_of(), H100, shared=False, trainer_gpus=4)
+    assert four.state == pytest.approx(one.state / 4) and four.activations == one.activations
