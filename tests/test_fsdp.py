@@ -132,6 +132,10 @@ def test_nonfinite_loss_skips_the_optimizer_step(tiny_model_dir, tmp_path):
         bad[0].advantage = float("nan")
         stats = tr.update(bad)
         assert stats["nonfinite_steps"] == 1 and stats["optimizer_steps"] == 0
+        # the log line says where: the loss, which grads, and the micro-batch with the NaN advantage
+        d = stats["nonfinite_detail"]
+        assert d.startswith("loss nan; non-finite grads in ") and "first non-finite micro-batch" in d
+        assert "nan" in d.split("advantages")[1]
         for n, t in tr.named_tensors():
             assert torch.equal(t, before[n])
         assert tr.update(_samples())["optimizer_steps"] == 1  # and the next good batch trains

@@ -302,6 +302,7 @@ class Recipe:
             stats = {"samples_trained": 0, "tokens_trained": 0, "optimizer_steps": 0, "nonfinite_steps": 0,
                      "loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0}
         t2 = time.time()
+        detail = stats.pop("nonfinite_detail", "")  # a log line, not a metric
         info.update(stats, time_update=t2 - t1)
         if samples and stats.get("time_train"):
             flops = 6 * self.n_params * stats["seq_tokens"]  # every rank gets the whole batch list
@@ -311,8 +312,8 @@ class Recipe:
         if self.device.type == "cuda":
             info["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if stats["nonfinite_steps"]:
-            log.warning("step %d: non-finite loss or grad norm in %d optimizer step(s): skipped",
-                        step, stats["nonfinite_steps"])
+            log.warning("step %d: non-finite loss or grad norm in %d optimizer step(s): skipped (%s)",
+                        step, stats["nonfinite_steps"], detail)
         if saver and self.rank == 0:  # resumed weights are garbage: push even when nothing changed
             self.engine.resume_memory()
         info["time_push"] = self._push(step) if stats["optimizer_steps"] or saver else 0.0

@@ -128,6 +128,7 @@ class Trainer:
                 mini = samples[start:start + mb_size]
                 n_tokens = sum(len(s.completion_ids) for s in mini)
                 loss_sum = clip_sum = kl_sum = 0.0
+                bad_mb = None  # the first micro-batch whose loss was not finite
                 for mb in self._micro_batches(mini):
                     logp, ent = self._forward(self.model, mb, with_entropy=reuse)
                     ref_lp = self._no_grad_forward(self.ref, mb) if self.ref is not None else None
@@ -149,16 +150,22 @@ class Trainer:
                     mb_loss = (tok_loss * w).sum()
                     (mb_loss * self.world).backward()
                     loss_sum += float(mb_loss.detach())
+                    if bad_mb is None and not math.isfinite(loss_sum):
+                        bad_mb = mb
                     clip_sum += float(clipped.sum())
                 loss_sum, clip_sum, kl_sum = self._all_sum(loss_sum, clip_sum, kl_sum)
-                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optimizer.max_grad_norm)
-                gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+                # clip_grad_norm_ in two halves, so a non-finite norm leaves the grads readable
+                params = list(self.model.parameters())
+                gn_t = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
+                gn = float(gn_t.full_tensor() if hasattr(gn_t, "full_tensor") else gn_t)
                 if math.isfinite(loss_sum) and math.isfinite(gn):
+                    torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optimizer.max_grad_norm, gn_t)
                     self.optimizer.step()
                     self.scheduler.step()
                     stats["optimizer_steps"] += 1
                 else:
                     stats["nonfinite_steps"] += 1
+                    stats["nonfinite_detail"] = self._nonfinite_detail(loss_sum, bad_mb)
                 self.optimizer.zero_grad(set_to_none=True)
                 stats["loss"] += loss_sum
                 stats["grad_norm"] = gn
@@ -175,6 +182,18 @@ class Trainer:
             seq_tokens=sum(s.length for s in samples) * a.ppo_epochs,
         )
         return stats
+
+    def _nonfinite_detail(self, loss_sum: float, bad_mb: MicroBatch | None) -> str:
+        """One line for the log: where a skipped optimizer step went non-finite (this rank's view)."""
+        bad = [n.removeprefix("hf.") for n, q in self.model.named_parameters() if q.grad is not None
+               and not bool(torch.isfinite(q.grad.to_local() if hasattr(q.grad, "to_local") else q.grad).all())]
+        s = f"loss {loss_sum:.4g}; non-finite grads in {len(bad)} tensor(s)"
+        if bad:
+            s += f" (first {', '.join(bad[:3])})"
+        if bad_mb is not None:
+            s += (f"; first non-finite micro-batch: {len(bad_mb.index)} samples, completion tokens "
+                  f"{bad_mb.seq_lens.tolist()[:8]}, advantages {bad_mb.advantages.unique().tolist()[:4]}")
+        return s
 
     @torch.no_grad()
     def _no_grad_forward(self, model, mb: MicroBatch | None) -> torch.Tensor:
