@@ -167,3 +167,27 @@ def test_reused_old_logprobs_equal_a_separate_pass(tiny_model_dir, tmp_path, agg
             torch.testing.assert_close(pa[n], pb[n], rtol=0, atol=1e-6)
     finally:
         dist.destroy_process_group()
+
+
+def test_fused_adamw_gives_the_same_update(tiny_model_dir, tmp_path):
+    """optimizer.fused swaps the kernel, not the maths: same weights after one update (CPU here; the
+    speed difference is measured on the GPU by bench/profile_update.py)."""
+    from gsm8k_grpo.trainer.fsdp import init_distributed
+    from gsm8k_grpo.trainer.update import Trainer
+
+    init_distributed(torch.device("cpu"))
+    try:
+        after = {}
+        for fused in (False, True):
+            cfg = _cfg(str(tmp_path), "token").model_copy(deep=True)
+            cfg.optimizer.fused = fused
+            tr = Trainer(cfg, str(tiny_model_dir), torch.device("cpu"), total_steps=1, pad_id=0)
+            assert tr.optimizer.defaults["fused"] is (True if fused else None)
+            assert tr.update(_samples())["optimizer_steps"] == 1
+            after[fused] = {n: t.clone() for n, t in tr.named_tensors()}
+        for n, t in after[False].items():
+            torch.testing.assert_close(after[True][n], t, rtol=1e-5, atol=1e-6)
+        moved = [n for n, t in after[False].items() if not torch.equal(t, _initial(tiny_model_dir)[n])]
+        assert moved  # the update did change weights, so the comparison means something
+    finally:
+        dist.destroy_process_group()

@@ -166,3 +166,20 @@ def test_recipe_with_sglang_engine_over_http(tmp_path, saver):
     assert server_log.count("release_memory_occupation") == (3 if saver else 0)
     assert server_log.count("resume_memory_occupation") == (3 if saver else 0)
     # each step's replies carried the pushed weight version (the engine raises on a mismatch)
+
+
+def test_a_setting_added_since_the_checkpoint_is_no_change():
+    """Resume compares configs with today's defaults filled into the saved one: a checkpoint written
+    before optimizer.fused existed still resumes without --force; a removed key still shows."""
+    import copy
+
+    from gsm8k_grpo.config import build_config, config_diff
+    from gsm8k_grpo.trainer.recipe import comparable_config
+
+    now = build_config(preset="smoke").model_dump(mode="json")
+    saved = copy.deepcopy(now)
+    del saved["optimizer"]["fused"]
+    assert config_diff(saved, now) == ["optimizer.fused: None -> False"]  # what used to refuse the resume
+    assert config_diff(comparable_config(saved), now) == []
+    saved["optimizer"]["gone"] = 1
+    assert comparable_config(saved) is saved and "optimizer.gone: 1 -> None" in config_diff(saved, now)

@@ -89,6 +89,8 @@ class OptimizerConfig(_Strict):
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     max_grad_norm: float = Field(1.0, gt=0)
+    fused: bool = Field(False, description="torch's fused AdamW kernel (one kernel for all parameters) instead of "
+                        "the multi-tensor foreach one; same maths")
 
 
 class TrainerConfig(_Strict):

@@ -35,6 +35,15 @@ RESUMABLE_CHANGES = ("logging.", "trainer.max_steps", "checkpoint.keep_last", "r
                      "eval.every", "eval.at_end")
 
 
+def comparable_config(saved: dict) -> dict:
+    """A checkpoint's config with the current defaults filled in, so that a setting added to the
+    package since the checkpoint was written does not count as a change on resume."""
+    try:
+        return validate_config(saved).model_dump(mode="json")
+    except ConfigError:  # a setting since removed or renamed: compare as saved, the diff names it
+        return saved
+
+
 class ResumeError(Exception):
     """A resume that must not happen silently; str() is the message."""
 
@@ -175,7 +184,7 @@ class Recipe:
                 for stale in ("metrics.jsonl",):
                     (run_dir / stale).unlink(missing_ok=True)
             return None
-        old = C.load_state(found).get("config", {})
+        old = comparable_config(C.load_state(found).get("config", {}))
         diff = [d for d in config_diff(old, self.cfg.model_dump(mode="json"))
                 if not d.startswith(RESUMABLE_CHANGES)]
         if diff and not self.force:

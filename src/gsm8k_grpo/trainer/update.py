@@ -58,7 +58,7 @@ class Trainer:
             self.ref = PolicyModel(ref_hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature).requires_grad_(False)
         o = cfg.optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay)
+                                           weight_decay=o.weight_decay, fused=o.fused or None)
         mbs = cfg.trainer.batch_size // (cfg.trainer.mini_batch_size or cfg.trainer.batch_size)
         total_opt_steps = total_steps * mbs * cfg.algorithm.ppo_epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
