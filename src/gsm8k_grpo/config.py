@@ -103,6 +103,9 @@ class TrainerConfig(_Strict):
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="compute dtype: auto = bf16 on GPU, fp32 on CPU")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     logprob_chunk: int = Field(1024, ge=16, description="tokens per lm_head/log-softmax chunk")
+    logprob_impl: Literal["fused", "checkpoint"] = Field(
+        "fused", description="fused = one custom backward per chunk (softmax - onehot in place); checkpoint = "
+        "plain autograd under activation checkpointing (same numbers, more memory traffic)")
     reuse_old_logprobs: bool = Field(True, description="with 1 PPO epoch and 1 mini-batch, take the old log-probs "
                                      "from the training forward (identical, one pass fewer); false = separate pass")
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1, description="cap the trainer's share of its GPU")

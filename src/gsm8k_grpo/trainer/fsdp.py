@@ -1,8 +1,12 @@
 """FSDP2 wrapping of a HF causal LM, chunked log-probs, and distributed setup.
 
 ``PolicyModel.forward`` returns log p(target) only at the loss positions, computing lm_head and
-log-softmax one chunk of tokens at a time (each chunk recomputed in backward), so the
-``tokens x vocab`` fp32 logits of a whole micro-batch never exist at once.
+log-softmax one chunk of tokens at a time, so the ``tokens x vocab`` fp32 logits of a whole
+micro-batch never exist at once. With grad, each chunk is a ``ChunkLogprob`` autograd function:
+forward keeps only the chunk's hidden states and log-sum-exp, and backward recomputes the logits
+once and forms d logp / d logits = (onehot(target) - softmax) / T in place, one [c, V] buffer
+(``trainer.logprob_impl=checkpoint`` is the plain-autograd version under activation checkpointing:
+the same numbers, more passes over [c, V]).
 Every decoder layer is its own FSDP2 unit; the wrapper is the root unit (embeddings, norm, lm_head).
 """
 
@@ -53,14 +57,48 @@ def _logprob_chunk(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: to
     return logp, ent
 
 
+class ChunkLogprob(torch.autograd.Function):
+    """(hidden [c, H], weight [V, H], bias [V] | None, targets [c], T, with_entropy) -> (logp [c], entropy).
+
+    logp_t = z_t[target_t] - logsumexp(z_t) with z = (hidden @ weight.T + bias) / T in fp32;
+    d logp_t / d z_tv = 1[v = target_t] - softmax(z_t)_v. Entropy (forward only, no grad) is empty
+    unless asked. Saves no [c, V] tensor between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy):
+        logits = torch.nn.functional.linear(hidden, weight, bias).float().div_(temperature)   # [c, V]
+        lse = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+        ent = logits.new_zeros(0)
+        if with_entropy:
+            ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_ent):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        g = torch.nn.functional.linear(hidden, weight, bias).float().div_(ctx.temperature)  # logits again
+        g.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad_logp.unsqueeze(-1))                      # -softmax * dL
+        g.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))                  # + onehot * dL
+        g = g.div_(ctx.temperature).to(weight.dtype)                                        # dL/d(xW^T+b)
+        grad_hidden = g @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = g.t() @ hidden if ctx.needs_input_grad[1] else None
+        grad_bias = g.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
 class PolicyModel(nn.Module):
     """The HF causal LM plus a memory-frugal token log-prob head."""
 
-    def __init__(self, hf_model: nn.Module, chunk: int = 1024, temperature: float = 1.0):
+    def __init__(self, hf_model: nn.Module, chunk: int = 1024, temperature: float = 1.0, impl: str = "fused"):
         super().__init__()
         self.hf = hf_model
         self.chunk = chunk
         self.temperature = temperature
+        self.impl = impl
 
     def forward(self, input_ids, attention_mask, loss_mask, targets, with_entropy: bool = False):
         """-> (log-probs [T] of the targets at loss positions, entropy [T] or None)."""
@@ -72,10 +110,12 @@ class PolicyModel(nn.Module):
         for i in range(0, h.shape[0], self.chunk):
             args = (h[i:i + self.chunk], head.weight, head.bias, tgt[i:i + self.chunk], self.temperature,
                     with_entropy)
-            if torch.is_grad_enabled():  # recompute the chunk's logits in backward instead of keeping them
-                lp, ent = checkpoint(_logprob_chunk, *args, use_reentrant=False)
-            else:
+            if not torch.is_grad_enabled():
                 lp, ent = _logprob_chunk(*args)
+            elif self.impl == "fused":
+                lp, ent = ChunkLogprob.apply(*args)
+            else:  # recompute the chunk's logits in backward instead of keeping them
+                lp, ent = checkpoint(_logprob_chunk, *args, use_reentrant=False)
             out.append(lp)
             ents.append(ent)
         logp = torch.cat(out) if out else h.new_zeros(0, dtype=torch.float32)

@@ -50,7 +50,8 @@ class Trainer:
         if cfg.trainer.grad_checkpointing:
             hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.hf_config = hf.config
-        self.model = wrap(PolicyModel(hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature), device,
+        self.model = wrap(PolicyModel(hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature,
+                                      cfg.trainer.logprob_impl), device,
                           self.compute_dtype)
         self.ref = None
         if cfg.algorithm.kl_coef > 0:  # a frozen copy of the initial policy, only when KL is on
