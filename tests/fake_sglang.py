@@ -41,7 +41,7 @@ STATE: dict = {"weight_version": "default", "disk_updates": [], "tensor_updates"
                "received": {}, "paused": False, "session_open": False, "calls": [], "generate_calls": 0,
                "flush_calls": 0}
 GROUPS: dict = {}
-TRAINER_CUMEM = "1"  # NCCL's own default (the trainer process does not go through SGLang's env rule)
+TRAINER_CUMEM = "1"  # the trainer's (our parent's) value: what we inherited, else NCCL's own default 1
 STALL_S = 120.0      # how long a stalled update waits before giving up (the test's timeout is shorter)
 
 
@@ -266,7 +266,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    global ARGS
+    global ARGS, TRAINER_CUMEM
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--bracket", action="store_true")
@@ -276,6 +276,7 @@ def main() -> None:
     p.add_argument("--weight-version", default="default")
     p.add_argument("--stall-broadcast", action="store_true")
     ARGS, unknown = p.parse_known_args()
+    TRAINER_CUMEM = os.environ.get("NCCL_CUMEM_ENABLE", "1")  # the parent is the trainer
     if "NCCL_CUMEM_ENABLE" not in os.environ:  # SGLang's _set_envs_and_config (enable_symm_mem off)
         os.environ["NCCL_CUMEM_ENABLE"] = "0"
     STATE["weight_version"] = ARGS.weight_version

@@ -78,3 +78,15 @@ def test_fsdp_shards_the_state_over_trainer_gpus(qwen):
     one = memory.estimate(qwen, cfg_of(), H100, shared=False, trainer_gpus=1)
     four = memory.estimate(qwen, cfg_of(), H100, shared=False, trainer_gpus=4)
     assert four.state == pytest.approx(one.state / 4) and four.activations == one.activations
+
+
+def test_the_plan_survives_the_resume_round_trip(qwen):
+    """`grpo resume` rebuilds the config from RUN_DIR/config.yaml, where every key is written out:
+    the plan must come out the same as for the fresh run (found in review: it used to be empty)."""
+    import yaml
+
+    from gsm8k_grpo.config import to_yaml, validate_config
+
+    fresh = cfg_of()
+    resumed = validate_config(yaml.safe_load(to_yaml(fresh)))
+    assert memory.fit(qwen, resumed, CARD24, shared=True)[1] == memory.fit(qwen, fresh, CARD24, shared=True)[1] != []

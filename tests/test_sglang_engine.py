@@ -68,10 +68,10 @@ def test_default_command_and_child_env(tmp_path, monkeypatch):
         "--attention-backend", "triton"]
     env = srv._env()
     assert env["CUDA_VISIBLE_DEVICES"] == "6" and env["NCCL_NVLS_ENABLE"] == "0"
-    # pinned here and passed on: SGLang would force 0 against the trainer's NCCL default of 1
-    assert env["NCCL_CUMEM_ENABLE"] == os.environ["NCCL_CUMEM_ENABLE"] == "1"
-    monkeypatch.setenv("NCCL_CUMEM_ENABLE", "0")
-    assert srv._env()["NCCL_CUMEM_ENABLE"] == "0"
+    # pinned here and passed on: SGLang's 0, which would otherwise differ from the trainer NCCL's default 1
+    assert env["NCCL_CUMEM_ENABLE"] == os.environ["NCCL_CUMEM_ENABLE"] == "0"
+    monkeypatch.setenv("NCCL_CUMEM_ENABLE", "1")  # a user's own value is passed on as it is
+    assert srv._env()["NCCL_CUMEM_ENABLE"] == "1"
     assert env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1" and env["NVSHMEM_DISABLE_NVLS"] == "1"
 
 
@@ -108,8 +108,10 @@ def test_sglang_not_installed(tmp_path, monkeypatch):
     assert str(e.value) == NOT_INSTALLED
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_parent_killed_leaves_no_orphan(tmp_path, sig):
+    """SIGINT/SIGTERM: the cleanup stops the server. SIGKILL runs no cleanup at all: the child's
+    parent-death signal (prctl) kills it, so `kill -9` then `grpo resume` finds the GPU free."""
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path

@@ -8,8 +8,8 @@ A watchdog ends the run after --deadline seconds whatever happens: it prints the
 stopped in, every thread's stack, the server log tail, and stops the server. Exit code 0 = pass,
 1 = a check or stage failed, 3 = watchdog.
 
-``--old-env`` reproduces the 2026-11-27 hang: the server does not inherit NCCL_CUMEM_ENABLE,
-so SGLang sets it to 0 while the trainer runs with 1 (expect a timeout at bucket 0).
+``--old-env`` reproduces the 2026-11-27 hang: the trainer runs with NCCL_CUMEM_ENABLE=1 (NCCL's
+default) and the server does not inherit it, so SGLang sets 0 (expect a timeout at bucket 0).
 
 On the device, from the repo root (kind nvidia-h100-x2, SGLang wheels carried):
     bash bench/device/nccl_probe.sh        # MODE=old-env for the A/B reproduction
@@ -124,9 +124,11 @@ def run(args) -> None:
     from gsm8k_grpo.weights.detect import make_transport
 
     torch.cuda.set_device(0)
+    if args.old_env:  # the old trainer: NCCL's own default, cuMem on
+        os.environ["NCCL_CUMEM_ENABLE"] = "1"
     init_distributed(torch.device("cuda", 0))  # as the recipe: default group (world 1), pins NCCL_CUMEM_ENABLE
     stage("trainer process group", cumem=os.environ.get("NCCL_CUMEM_ENABLE"))
-    if args.old_env:  # the old launcher: the child did not inherit the variable, SGLang set 0
+    if args.old_env:  # the old launcher: the child did not inherit the variable, SGLang sets 0
         plain = server_mod.SGLangServer._env
         server_mod.SGLangServer._env = lambda self: {k: v for k, v in plain(self).items() if k != "NCCL_CUMEM_ENABLE"}
         stage("old env: server without NCCL_CUMEM_ENABLE (SGLang sets 0)")

@@ -738,7 +738,8 @@ def check_memory(ctx: _Ctx) -> Check:
     g = ctx.gpus[trainer_gpus[0]]
     shared = engine == "sglang" and trainer_gpus[0] in server_gpus
     bf16 = c.trainer.dtype != "fp32"
-    fitted, changes, est = memory.fit(mc, c, g.total, shared, len(trainer_gpus), bf16)
+    ranks = int(os.environ.get("WORLD_SIZE", 1))  # trainer processes: 1 unless doctor runs under torchrun
+    fitted, changes, est = memory.fit(mc, c, g.total, shared, ranks, bf16)
     hf_engine = params * act_b if engine == "hf" else 0
     need = est.total + hf_engine
     budget = g.free if g.free is not None else g.total

@@ -14,8 +14,9 @@ bench/results/2026-11-27-h100.md): measured trainer peak 32.5 GiB, SGLang at mem
 33.7 GiB of the card.
 
 fit(): on a GPU shared by trainer and server, while the estimate is above 90 % of the card, take the
-first of these steps whose setting the config does not pin (a preset, --config or --set that names
-it pins it), and repeat:
+first of these steps whose setting is still at its default (a value changed by a preset, --config or
+--set is the user's and stays; defaults rather than "named" keys, because RUN_DIR/config.yaml and
+`grpo resume` carry every key), and repeat:
     1. rollout.mem_fraction down to what the rollout needs (at least 0.08)
     2. trainer.micro_batch_tokens halved, down to 2048 (logprob_chunk follows when larger)
     3. trainer.grad_checkpointing on
@@ -101,7 +102,7 @@ def fit(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int = 1,
     """-> (cfg, changes, estimate): cfg with unpinned memory settings lowered until the run fits the card."""
     changes: list[str] = []
     budget = FIT_SHARE * card_bytes
-    pinned_r, pinned_t = cfg.rollout.model_fields_set, cfg.trainer.model_fields_set
+    pinned_r, pinned_t = _changed(cfg.rollout), _changed(cfg.trainer)
     while True:
         est = estimate(mc, cfg, card_bytes, shared, trainer_gpus, bf16)
         if est.total <= budget:
@@ -123,6 +124,12 @@ def fit(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int = 1,
             changes.append("trainer.grad_checkpointing false -> true")
         else:
             return cfg, changes, est
+
+
+def _changed(section) -> set[str]:
+    """Fields of a config section whose value differs from the field's default."""
+    return {k for k, f in type(section).model_fields.items()
+            if not f.is_required() and getattr(section, k) != f.get_default(call_default_factory=True)}
 
 
 def describe(est: Estimate, card_bytes: float) -> str:

@@ -32,15 +32,39 @@ NOT_INSTALLED = (
 CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 # SGLang sets NCCL_CUMEM_ENABLE=0 in its processes unless the variable is inherited
 # (entrypoints/engine.py:_set_envs_and_config), while the trainer's NCCL defaults to cuMem on.
-# NCCL peers that disagree on it do not connect: the first weight broadcast hung. The child
-# therefore inherits the trainer's value, pinned by pin_nccl_env() before the trainer's NCCL starts.
-NCCL_CUMEM = "1"
+# NCCL peers that disagree on it do not connect: the first weight broadcast hung. So the trainer
+# takes SGLang's own value, 0, before its NCCL starts (pin_nccl_env), and the child inherits it.
+# 0 rather than 1: SGLang's own processes then run as SGLang intends, and a build that forces 0
+# whatever it inherits still matches. A value the user set is kept and passed on.
+NCCL_CUMEM = "0"
 
 
 def pin_nccl_env() -> str:
-    """Fix NCCL_CUMEM_ENABLE in this process (NCCL's default, unless set); the SGLang child inherits it."""
+    """Fix NCCL_CUMEM_ENABLE in this process (SGLang's value, unless set); the SGLang child inherits it."""
     return os.environ.setdefault("NCCL_CUMEM_ENABLE", NCCL_CUMEM)
+
+
 TAIL_LINES = 40
+
+
+def _die_with(parent: int):
+    """preexec_fn for the server child (Linux): SIGKILL it when its parent dies, so even a `kill -9`
+    of grpo (or an NCCL watchdog abort) leaves no server holding the GPU; the atexit/SIGTERM cleanup
+    covers the orderly exits. The signal follows the spawning *thread*, and the server is spawned
+    from the thread that runs the recipe. SGLang's own subprocesses die with the server."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before the prctl
+            os._exit(1)
+    return arm
 
 _LIVE: set[SGLangServer] = set()
 _LIVE_LOCK = threading.RLock()  # the SIGTERM handler may run while the main thread holds it
@@ -203,7 +227,7 @@ class SGLangServer:
             with _LIVE_LOCK:
                 self.proc = subprocess.Popen(
                     self.command(port), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=self._env(), start_new_session=True,
+                    env=self._env(), start_new_session=True, preexec_fn=_die_with(os.getpid()),
                 )
                 _LIVE.add(self)
 

@@ -4,7 +4,7 @@
 log-softmax one chunk of tokens at a time, so the ``tokens x vocab`` fp32 logits of a whole
 micro-batch never exist at once. With grad, each chunk is a ``ChunkLogprob`` autograd function:
 forward keeps only the chunk's hidden states and log-sum-exp, and backward recomputes the logits
-once and forms d logp / d logits = (onehot(target) - softmax) / T in place, one [c, V] buffer
+once and forms d logp / d logits = (onehot(target) - softmax) / T in place in one fp32 [c, V] buffer
 (``trainer.logprob_impl=checkpoint`` is the plain-autograd version under activation checkpointing:
 the same numbers, more passes over [c, V]).
 Every decoder layer is its own FSDP2 unit; the wrapper is the root unit (embeddings, norm, lm_head).
@@ -19,6 +19,7 @@ import socket
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 
@@ -78,6 +79,7 @@ class ChunkLogprob(torch.autograd.Function):
         return logp, ent
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_logp, _grad_ent):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         g = torch.nn.functional.linear(hidden, weight, bias).float().div_(ctx.temperature)  # logits again

@@ -211,7 +211,8 @@ class Recipe:
         shared = self.engine_kind == "sglang" and p is not None and self.device.index in p.server_gpus
         card = torch.cuda.get_device_properties(self.device).total_memory
         bf16 = self.cfg.trainer.dtype != "fp32"
-        cfg, changes, est = memory.fit(mc, self.cfg, card, shared, len(p.trainer_gpus) if p else 1, bf16)
+        cfg, changes, est = memory.fit(mc, self.cfg, card, shared, self.world, bf16)  # state: 1/world per rank
+        cfg, changes, est = self._bcast((cfg, changes, est))  # every rank takes rank 0's plan
         if changes:
             log.info("memory plan for this %.0f GiB GPU: %s", card / memory.GIB, "; ".join(changes))
         if est.total > memory.FIT_SHARE * card:

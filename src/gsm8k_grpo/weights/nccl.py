@@ -103,6 +103,7 @@ class NCCLTransport(Transport):
         self.group: dist.ProcessGroup | None = None
         self.broken: str | None = None  # set when a push failed half-way; later pushes refuse
         self._fresh = True  # no broadcast yet: the first one builds the NCCL communicator
+        self._side = None   # CUDA side stream of the broadcasts
 
     def _both(self, local: Future, remote: Future, what: str, ours: str, theirs: str) -> None:
         """Wait for our side and the server's request; the first failure ends the wait.
@@ -125,7 +126,7 @@ class NCCLTransport(Transport):
         remote = _in_thread(self.client.init_weights_update_group, self.master_address, port, 1, world,
                             self.group_name, self.backend)
         local = _in_thread(init_custom_process_group, self.backend, f"tcp://{self.master_address}:{port}", world, 0,
-                           self.group_name, timedelta(seconds=self.timeout_s))
+                           self.group_name, timedelta(seconds=2 * self.timeout_s))  # ours fires first
         log.info("NCCL weight group: joining %s:%d as rank 0 of %d (%s, backend %s, NCCL_CUMEM_ENABLE=%s)",
                  self.master_address, port, world, self.group_name, self.backend,
                  os.environ.get("NCCL_CUMEM_ENABLE", "unset"))
@@ -142,7 +143,7 @@ class NCCLTransport(Transport):
                 w.wait()
             return
         torch.cuda.set_device(self.device)  # a new thread starts on GPU 0
-        with torch.cuda.stream(stream):  # the stream that made the tensors
+        with torch.cuda.stream(stream):  # the side stream, ordered after the one that made the tensors
             works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
             for w in works:
                 w.wait()  # NCCL: only orders the stream after the broadcast ...
@@ -159,7 +160,12 @@ class NCCLTransport(Transport):
             self.client.update_weights_from_distributed, [name for name, _ in bucket],
             [_dtype_name(t.dtype) for t in tensors], [list(t.shape) for t in tensors], self.group_name, version,
         )
-        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        stream = None
+        if self.device.type == "cuda":  # a side stream: a stalled broadcast must not stall the main one
+            stream = self._side = self._side or torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))  # the tensors are ready
+            for t in tensors:
+                t.record_stream(stream)  # the allocator keeps them until the side stream is done
         local = _in_thread(self._broadcast, tensors, stream)
         self._both(local, remote, f"weight update to version {version} (bucket {n}"
                    + (", first broadcast: NCCL communicator setup" if self._fresh else "") + ")",
