@@ -13,8 +13,10 @@ the median over the steps after the first 2 (warm-up):
 Variants: base (the defaults: foreach AdamW, the ChunkLogprob head), ckpt_head (the log-prob head
 as plain autograd under activation checkpointing, trainer.logprob_impl=checkpoint, the default
 before 2026-11-27's second session), fused (optimizer.fused=true), micro32k (micro_batch_tokens
-32768: fewer, larger micro-batches). Then one torch.profiler table of the top
-ops by device time at L for base (DIR/profile_L.txt). Writes DIR/profile_update.json.
+32768: fewer, larger micro-batches), compile (trainer.compile=true: each decoder layer's forward
+through torch.compile; its first steps include compile time, and a new micro-batch shape can
+recompile, so compare min and median). Then one torch.profiler table of the top ops by device time
+at L for base (DIR/profile_L.txt). Writes DIR/profile_update.json.
 On a CPU (for testing the script) pass --tiny: the smoke preset's 2-layer model, small shapes.
 """
 
@@ -38,7 +40,7 @@ from gsm8k_grpo.trainer.update import Trainer
 SHAPES = {"S": (8, 2, 256), "L": (8, 8, 512)}
 TINY_SHAPES = {"S": (2, 2, 16), "L": (4, 2, 32)}
 VARIANTS = {"base": {}, "ckpt_head": {"trainer.logprob_impl": "checkpoint"}, "fused": {"optimizer.fused": True},
-            "micro32k": {"trainer.micro_batch_tokens": 32768}}
+            "micro32k": {"trainer.micro_batch_tokens": 32768}, "compile": {"trainer.compile": True}}
 
 
 def samples(b: int, g: int, new: int, prompt: int, vocab: int) -> list[TrainSample]:

@@ -4,6 +4,7 @@ round-trips through from_pretrained exactly."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
@@ -241,5 +242,34 @@ def test_logprob_impls_train_the_same(tiny_model_dir, tmp_path):
         assert lb == pytest.approx(la, rel=1e-6) and gb == pytest.approx(ga, rel=1e-5) and ga > 0
         for n, t in wa.items():
             torch.testing.assert_close(wb[n], t, rtol=1e-5, atol=1e-7)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler (inductor)")
+def test_compiled_layers_train_the_same(tiny_model_dir, tmp_path):
+    """trainer.compile: the same loss, grad norm and weights as eager (the speed is a GPU question:
+    bench/profile_update.py)."""
+    from gsm8k_grpo.trainer.fsdp import init_distributed
+    from gsm8k_grpo.trainer.update import Trainer
+
+    init_distributed(torch.device("cpu"))
+    try:
+        out = {}
+        for compiled in (False, True):
+            cfg = _cfg(str(tmp_path), "token").model_copy(deep=True)
+            cfg.trainer.compile = compiled
+            tr = Trainer(cfg, str(tiny_model_dir), torch.device("cpu"), total_steps=1, pad_id=0)
+            layer = tr.model.hf.model.layers[0]
+            assert ("forward" in vars(layer)) is compiled  # the instance's forward is the compiled one
+            st = tr.update(_samples())
+            out[compiled] = (st["loss"], st["grad_norm"], {n: t.clone() for n, t in tr.named_tensors()})
+        (la, ga, wa), (lb, gb, wb) = out[False], out[True]
+        assert set(wa) == set(wb)  # parameter names unchanged (the weight push relies on them)
+        assert lb == pytest.approx(la, rel=1e-5) and gb == pytest.approx(ga, rel=1e-4) and ga > 0
+        # Adam normalises each element's step (lr 1e-2 here), so fp rounding of a near-zero grad can
+        # move an element by ~1e-5: compare to 1 % of a step
+        for n, t in wa.items():
+            torch.testing.assert_close(wb[n], t, rtol=1e-3, atol=1e-4)
     finally:
         dist.destroy_process_group()

@@ -100,6 +100,8 @@ class TrainerConfig(_Strict):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (None = epochs over the data)")
     micro_batch_tokens: int = Field(16384, ge=8, description="token budget (padded) of one forward/backward")
     grad_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile each decoder layer's forward (dynamic shapes; "
+                          "first steps pay the compile time)")
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="compute dtype: auto = bf16 on GPU, fp32 on CPU")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     logprob_chunk: int = Field(1024, ge=16, description="tokens per lm_head/log-softmax chunk")

@@ -50,6 +50,12 @@ class Trainer:
         if cfg.trainer.grad_checkpointing:
             hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.hf_config = hf.config
+        # The forward only: FSDP's hooks and the parameter names stay as they are. With use_cache off
+        # (above) all layers share one graph; with a KV cache each layer recompiled, and dynamo's
+        # limit of 8 left the rest eager.
+        if cfg.trainer.compile:
+            for layer in hf.model.layers:
+                layer.forward = torch.compile(layer.forward, dynamic=True)
         self.model = wrap(PolicyModel(hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature,
                                       cfg.trainer.logprob_impl), device,
                           self.compute_dtype)
