@@ -19,6 +19,7 @@ the report then says what is missing and leaves that part out. Nothing here inve
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import statistics
@@ -37,7 +38,8 @@ SHOW_CHARS = 1500         # completions longer than this are cut in the examples
 
 # ----------------------------------------------------------------------------- reading
 def find(dirs: list[Path], name: str) -> Path | None:
-    return next((d / name for d in dirs if (d / name).is_file()), None)
+    """The first dir's NAME, or NAME.gz (the per-question rows are kept gzipped in bench/results)."""
+    return next((d / n for d in dirs for n in (name, name + ".gz") if (d / n).is_file()), None)
 
 
 def read_json(path: Path | None, notes: list[str]) -> dict | None:
@@ -65,8 +67,9 @@ def read_jsonl(path: Path | None, notes: list[str]) -> list[dict] | None:
         return None
     out, bad = [], 0
     try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        lines = raw.decode().splitlines()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
         notes.append(f"{path}: unreadable ({e})")
         return None
     for line in lines:
