@@ -273,3 +273,49 @@ def test_compiled_layers_train_the_same(tiny_model_dir, tmp_path):
             torch.testing.assert_close(wb[n], t, rtol=1e-3, atol=1e-4)
     finally:
         dist.destroy_process_group()
+
+
+def _push_worker(rank: int, world: int, port: int, tmp: str, fail: bool) -> None:
+    import datetime
+
+    from gsm8k_grpo.trainer.recipe import push_collectively
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))  # a hang shows up as an error here
+
+    def tensors():  # like full_named_tensors: every item is a collective
+        for i in range(5):
+            t = torch.tensor([float(i)])
+            dist.all_reduce(t)
+            yield f"w{i}", t
+
+    def push(it, version):
+        for n, (_name, _t) in enumerate(it):
+            if fail and n == 1:
+                raise ValueError("boom")
+
+    def bcast(obj):
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    try:
+        push_collectively(push if rank == 0 else None, tensors(), 1, world, bcast)
+        out = "ok"
+    except Exception as e:  # noqa: BLE001
+        out = f"{type(e).__name__}: {e}"
+    Path(f"{tmp}/push-{rank}.txt").write_text(out)
+    dist.barrier()  # both ranks are still in step afterwards
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_failed_push_on_rank0_releases_the_other_ranks(tmp_path, fail):
+    """Rank 0's push failing half-way must not leave rank 1 in an all-gather: both raise at once."""
+    mp.spawn(_push_worker, args=(2, _port(), str(tmp_path), fail), nprocs=2, join=True)
+    r0, r1 = ((tmp_path / f"push-{r}.txt").read_text() for r in (0, 1))
+    if not fail:
+        assert r0 == r1 == "ok"
+    else:
+        assert r0 == "ValueError: boom"
+        assert r1 == "TransportError: the weight push on rank 0 failed: ValueError: boom"

@@ -28,6 +28,7 @@ from gsm8k_grpo.trainer.batching import TrainSample
 from gsm8k_grpo.trainer.fsdp import init_distributed
 from gsm8k_grpo.trainer.loss import group_advantages, group_has_signal
 from gsm8k_grpo.trainer.update import Trainer
+from gsm8k_grpo.weights.base import TransportError
 
 log = M.log
 # Keys that may change between a run and its resume without --force.
@@ -42,6 +43,28 @@ def comparable_config(saved: dict) -> dict:
         return validate_config(saved).model_dump(mode="json")
     except ConfigError:  # a setting since removed or renamed: compare as saved, the diff names it
         return saved
+
+
+def push_collectively(push, tensors, version: int, world: int, bcast) -> None:
+    """Rank 0 pushes `tensors` (a generator whose every item is a collective all-gather); the
+    other ranks (push None) only iterate it. When rank 0's push fails half-way, rank 0 still drains
+    the generator so the other ranks' all-gathers complete, then every rank raises the same error,
+    instead of ranks 1.. waiting in an all-gather until the process group's 30-minute timeout."""
+    err: Exception | None = None
+    if push is not None:
+        try:
+            push(tensors, version)
+        except Exception as e:  # noqa: BLE001  (re-raised below, after the other ranks are released)
+            err = e
+    if push is None or (err is not None and world > 1):
+        for _ in tensors:  # the remaining all-gathers
+            pass
+    if world > 1:
+        msg = bcast(f"{type(err).__name__}: {err}" if err is not None else None)
+        if msg is not None and err is None:
+            raise TransportError(f"the weight push on rank 0 failed: {msg}")
+    if err is not None:
+        raise err
 
 
 class ResumeError(Exception):
@@ -334,12 +357,8 @@ class Recipe:
         t0 = time.time()
         dtype = getattr(self.engine, "dtype", None) if self.rank == 0 else None
         dtype = self._bcast(dtype) or torch.bfloat16
-        tensors = self.trainer.named_tensors(dtype)
-        if self.rank == 0:
-            self.transport.push(tensors, version)
-        else:
-            for _ in tensors:  # the all-gathers are collective: every rank must iterate
-                pass
+        push = self.transport.push if self.rank == 0 else None
+        push_collectively(push, self.trainer.named_tensors(dtype), version, self.world, self._bcast)
         return time.time() - t0
 
     def evaluate(self) -> dict:
