@@ -183,3 +183,12 @@ def test_a_setting_added_since_the_checkpoint_is_no_change():
     assert config_diff(comparable_config(saved), now) == []
     saved["optimizer"]["gone"] = 1
     assert comparable_config(saved) is saved and "optimizer.gone: 1 -> None" in config_diff(saved, now)
+
+
+def test_error_lines_keep_brackets(tmp_path):
+    """The install hint names the extra, `gsm8k-grpo[sglang]`; rich markup used to eat '[sglang]'."""
+    res = grpo("train", "--preset", "smoke", "--set", "rollout.engine=sglang", "--set", f"output_dir={tmp_path}",
+               env={"CUDA_VISIBLE_DEVICES": ""})
+    if "SGLang is not installed" not in res.stderr:
+        pytest.skip("SGLang is installed here")
+    assert res.returncode == 2 and "pip install 'gsm8k-grpo[sglang]'" in res.stderr, res.stderr

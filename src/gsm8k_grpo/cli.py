@@ -26,7 +26,10 @@ EXPECTED = ("ConfigError", "DataError", "ModelError", "EngineError", "TransportE
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escape: messages hold text like `pip install 'gsm8k-grpo[sglang]'`, which rich would eat as markup
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -100,7 +103,7 @@ def _run_training(cfg, restart: bool = False, force: bool = False) -> None:
 
         final = run(cfg, restart=restart, force=force)
         if final is not None:
-            out.print(f"final checkpoint: {final}/model")
+            out.print(f"final checkpoint: {final}/model", markup=False)
 
     _guard(go)
 

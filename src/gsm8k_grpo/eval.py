@@ -188,5 +188,5 @@ def run_cli(*, checkpoint: Path | None, model: str | None, samples: int | None, 
     if console is not None:
         render(res.summary, console, title=f"GSM8K test: {checkpoint or model} ({kind} engine)")
         if output is not None:
-            console.print(f"per-question results: {output}")
+            console.print(f"per-question results: {output}", markup=False)
     return res.summary
