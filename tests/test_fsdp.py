@@ -170,28 +170,43 @@ def test_reused_old_logprobs_equal_a_separate_pass(tiny_model_dir, tmp_path, agg
         dist.destroy_process_group()
 
 
-def test_fused_adamw_gives_the_same_update(tiny_model_dir, tmp_path):
-    """optimizer.fused swaps the kernel, not the maths: same weights after one update (CPU here; the
-    speed difference is measured on the GPU by bench/profile_update.py)."""
+@pytest.fixture
+def one_process():
+    """A 1-process gloo default group for Trainer, destroyed afterwards."""
     from gsm8k_grpo.trainer.fsdp import init_distributed
-    from gsm8k_grpo.trainer.update import Trainer
 
     init_distributed(torch.device("cpu"))
-    try:
-        after = {}
-        for fused in (False, True):
-            cfg = _cfg(str(tmp_path), "token").model_copy(deep=True)
-            cfg.optimizer.fused = fused
-            tr = Trainer(cfg, str(tiny_model_dir), torch.device("cpu"), total_steps=1, pad_id=0)
-            assert tr.optimizer.defaults["fused"] is (True if fused else None)
-            assert tr.update(_samples())["optimizer_steps"] == 1
-            after[fused] = {n: t.clone() for n, t in tr.named_tensors()}
-        for n, t in after[False].items():
-            torch.testing.assert_close(after[True][n], t, rtol=1e-5, atol=1e-6)
-        moved = [n for n, t in after[False].items() if not torch.equal(t, _initial(tiny_model_dir)[n])]
-        assert moved  # the update did change weights, so the comparison means something
-    finally:
-        dist.destroy_process_group()
+    yield
+    dist.destroy_process_group()
+
+
+def _updated(model_dir, tmp_path, settings: dict, seed: int | None = None):
+    """One Trainer update on _samples() with settings {"section.key": value} -> (trainer, stats, weights)."""
+    from gsm8k_grpo.trainer.update import Trainer
+
+    cfg = _cfg(str(tmp_path), "token").model_copy(deep=True)
+    for key, value in settings.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    if seed is not None:
+        torch.manual_seed(seed)
+    tr = Trainer(cfg, str(model_dir), torch.device("cpu"), total_steps=1, pad_id=0)
+    stats = tr.update(_samples())
+    return tr, stats, {n: w.clone() for n, w in tr.named_tensors()}
+
+
+def test_fused_adamw_gives_the_same_update(tiny_model_dir, tmp_path, one_process):
+    """optimizer.fused swaps the kernel, not the maths: same weights after one update (CPU here; the
+    speed difference is measured on the GPU by bench/profile_update.py)."""
+    after = {}
+    for fused in (False, True):
+        tr, stats, after[fused] = _updated(tiny_model_dir, tmp_path, {"optimizer.fused": fused})
+        assert tr.optimizer.defaults["fused"] is (True if fused else None)
+        assert stats["optimizer_steps"] == 1
+    for n, w in after[False].items():
+        torch.testing.assert_close(after[True][n], w, rtol=1e-5, atol=1e-6)
+    moved = [n for n, w in after[False].items() if not torch.equal(w, _initial(tiny_model_dir)[n])]
+    assert moved  # the update did change weights, so the comparison means something
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -221,58 +236,37 @@ def test_chunk_logprob_backward_equals_autograd(bias, temperature):
         torch.testing.assert_close(gb, ga)
 
 
-def test_logprob_impls_train_the_same(tiny_model_dir, tmp_path):
+def test_logprob_impls_train_the_same(tiny_model_dir, tmp_path, one_process):
     """trainer.logprob_impl fused vs checkpoint: the same loss, grad norm and weights after an update."""
-    from gsm8k_grpo.trainer.fsdp import init_distributed
-    from gsm8k_grpo.trainer.update import Trainer
-
-    init_distributed(torch.device("cpu"))
-    try:
-        out = {}
-        for impl in ("checkpoint", "fused"):
-            cfg = _cfg(str(tmp_path), "token").model_copy(deep=True)
-            cfg.trainer.logprob_impl = impl
-            cfg.trainer.logprob_chunk = 16  # several chunks per micro-batch
-            torch.manual_seed(0)
-            tr = Trainer(cfg, str(tiny_model_dir), torch.device("cpu"), total_steps=1, pad_id=0)
-            assert tr.model.impl == impl
-            st = tr.update(_samples())
-            out[impl] = (st["loss"], st["grad_norm"], {n: t.clone() for n, t in tr.named_tensors()})
-        (la, ga, wa), (lb, gb, wb) = out["checkpoint"], out["fused"]
-        assert lb == pytest.approx(la, rel=1e-6) and gb == pytest.approx(ga, rel=1e-5) and ga > 0
-        for n, t in wa.items():
-            torch.testing.assert_close(wb[n], t, rtol=1e-5, atol=1e-7)
-    finally:
-        dist.destroy_process_group()
+    out = {}
+    for impl in ("checkpoint", "fused"):  # logprob_chunk 16: several chunks per micro-batch
+        tr, st, weights = _updated(tiny_model_dir, tmp_path,
+                                   {"trainer.logprob_impl": impl, "trainer.logprob_chunk": 16}, seed=0)
+        assert tr.model.impl == impl
+        out[impl] = (st["loss"], st["grad_norm"], weights)
+    (la, ga, wa), (lb, gb, wb) = out["checkpoint"], out["fused"]
+    assert lb == pytest.approx(la, rel=1e-6) and gb == pytest.approx(ga, rel=1e-5) and ga > 0
+    for n, w in wa.items():
+        torch.testing.assert_close(wb[n], w, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler (inductor)")
-def test_compiled_layers_train_the_same(tiny_model_dir, tmp_path):
+def test_compiled_layers_train_the_same(tiny_model_dir, tmp_path, one_process):
     """trainer.compile: the same loss, grad norm and weights as eager (the speed is a GPU question:
     bench/profile_update.py)."""
-    from gsm8k_grpo.trainer.fsdp import init_distributed
-    from gsm8k_grpo.trainer.update import Trainer
-
-    init_distributed(torch.device("cpu"))
-    try:
-        out = {}
-        for compiled in (False, True):
-            cfg = _cfg(str(tmp_path), "token").model_copy(deep=True)
-            cfg.trainer.compile = compiled
-            tr = Trainer(cfg, str(tiny_model_dir), torch.device("cpu"), total_steps=1, pad_id=0)
-            layer = tr.model.hf.model.layers[0]
-            assert ("forward" in vars(layer)) is compiled  # the instance's forward is the compiled one
-            st = tr.update(_samples())
-            out[compiled] = (st["loss"], st["grad_norm"], {n: t.clone() for n, t in tr.named_tensors()})
-        (la, ga, wa), (lb, gb, wb) = out[False], out[True]
-        assert set(wa) == set(wb)  # parameter names unchanged (the weight push relies on them)
-        assert lb == pytest.approx(la, rel=1e-5) and gb == pytest.approx(ga, rel=1e-4) and ga > 0
-        # Adam normalises each element's step (lr 1e-2 here), so fp rounding of a near-zero grad can
-        # move an element by ~1e-5: compare to 1 % of a step
-        for n, t in wa.items():
-            torch.testing.assert_close(wb[n], t, rtol=1e-3, atol=1e-4)
-    finally:
-        dist.destroy_process_group()
+    out = {}
+    for compiled in (False, True):
+        tr, st, weights = _updated(tiny_model_dir, tmp_path, {"trainer.compile": compiled})
+        layer = tr.model.hf.model.layers[0]
+        assert ("forward" in vars(layer)) is compiled  # the instance's forward is the compiled one
+        out[compiled] = (st["loss"], st["grad_norm"], weights)
+    (la, ga, wa), (lb, gb, wb) = out[False], out[True]
+    assert set(wa) == set(wb)  # parameter names unchanged (the weight push relies on them)
+    assert lb == pytest.approx(la, rel=1e-5) and gb == pytest.approx(ga, rel=1e-4) and ga > 0
+    # Adam normalises each element's step (lr 1e-2 here), so fp rounding of a near-zero grad can
+    # move an element by ~1e-5: compare to 1 % of a step
+    for n, w in wa.items():
+        torch.testing.assert_close(wb[n], w, rtol=1e-3, atol=1e-4)
 
 
 def _push_worker(rank: int, world: int, port: int, tmp: str, fail: bool) -> None:

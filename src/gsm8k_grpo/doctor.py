@@ -621,11 +621,16 @@ def check_model(ctx: _Ctx) -> Check:
         what = "random init from its config" if ctx.cfg.model.random_init else "weights present"
         return Check("model", "ok", f"{raw} is {'a ' + how + ' folder' if how != 'cached' else 'in the HF cache'} "
                                     f"({what})")
+    return _from_hub(ctx, "model", raw, "is neither cached nor local",
+                     "--set model.path=DIR with a local model folder (offline use)")
+
+
+def _from_hub(ctx: _Ctx, name: str, what: str, missing: str, fix: str) -> Check:
+    """`what` is not available locally: ok when the hub can be reached (or was not probed), else warn."""
     reachable, words = ctx.hub()
     if reachable or reachable is None:
-        return Check("model", "ok", f"{raw} not cached; " + ("will download" if reachable else words))
-    return Check("model", "warn", f"{raw} is neither cached nor local and the hub is unreachable ({words})",
-                 "--set model.path=DIR with a local model folder (offline use)")
+        return Check(name, "ok", f"{what} not cached; " + ("will download" if reachable else words))
+    return Check(name, "warn", f"{what} {missing} and the hub is unreachable ({words})", fix)
 
 
 def check_data(ctx: _Ctx) -> Check:
@@ -648,11 +653,8 @@ def check_data(ctx: _Ctx) -> Check:
     ds_cache = Path(os.environ.get("HF_DATASETS_CACHE") or _hf_cache_dir().parent / "datasets").expanduser()
     if _cached_snapshot(hub, "datasets") or (ds_cache / hub.replace("/", "___")).is_dir():
         return Check("data", "ok", f"{hub} in the local HF cache")
-    reachable, words = ctx.hub()
-    if reachable or reachable is None:
-        return Check("data", "ok", f"{hub} not cached; " + ("will download" if reachable else words))
-    return Check("data", "warn", f"{hub} is not cached and the hub is unreachable ({words})",
-                 "--set data.path=DIR with train/test .jsonl|.parquet (or builtin:gsm8k for a sample)")
+    return _from_hub(ctx, "data", hub, "is not cached",
+                     "--set data.path=DIR with train/test .jsonl|.parquet (or builtin:gsm8k for a sample)")
 
 
 def check_wandb(ctx: _Ctx) -> Check:
