@@ -217,3 +217,17 @@ def test_doctor_module_does_not_import_torch():
                          env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_model_and_data_from_an_unreachable_hub_warn(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    cfg = build_config(overrides=["model.path=someorg/not-cached-model", "data.hub_name=someorg/not-cached-data"])
+    ctx = doctor._Ctx(cfg=cfg, run_dir=tmp_path, quick=True)
+    ctx.hub = lambda: (False, "no route to huggingface.co")
+    m, d = doctor.check_model(ctx), doctor.check_data(ctx)
+    assert (m.status, d.status) == ("warn", "warn")
+    assert m.detail == "someorg/not-cached-model is neither cached nor local and the hub is unreachable (no route to huggingface.co)"
+    assert d.detail == "someorg/not-cached-data is not cached and the hub is unreachable (no route to huggingface.co)"
+    assert "model.path=DIR" in m.fix and "data.path=DIR" in d.fix
+    ctx.hub = lambda: (True, "reachable")
+    assert doctor.check_model(ctx).detail == "someorg/not-cached-model not cached; will download"
