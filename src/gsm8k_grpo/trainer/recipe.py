@@ -90,7 +90,7 @@ def step_seed(seed: int, step: int) -> int:
 class Recipe:
     def __init__(self, cfg: RunConfig, *, restart: bool = False, force: bool = False):
         self.cfg, self.restart, self.force = cfg, restart, force
-        self.requested_cfg = cfg
+        self.requested_cfg = cfg  # what the user asked for: saved in checkpoints, compared on resume
         self.engine = self.transport = self.metrics = None
 
     # ================================================================== setup
@@ -114,8 +114,7 @@ class Recipe:
             self.eval_set = test[: cfg.eval.samples]
         self.engine_kind = choose_engine(cfg.rollout.engine)
         self._check_cpu_size()
-        self.requested_cfg = cfg  # what the user asked for: saved in checkpoints, compared on resume
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # self.cfg becomes the fitted copy; requested_cfg stays
             self.cfg = cfg = self._fit_memory()
         self.model_dir = materialize(cfg.model, self.run_dir / "base_model") if self.rank == 0 else None
         self.model_dir = self._bcast(self.model_dir)

@@ -17,6 +17,7 @@ says which side is still pending. Both sides must share NCCL_CUMEM_ENABLE (rollo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -137,17 +138,15 @@ class NCCLTransport(Transport):
 
     def _broadcast(self, tensors: list[torch.Tensor], stream) -> None:
         """Broadcast tensors as rank 0 and wait until they are sent (runs in a thread)."""
-        if stream is None:
-            works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
-            for w in works:
-                w.wait()
-            return
-        torch.cuda.set_device(self.device)  # a new thread starts on GPU 0
-        with torch.cuda.stream(stream):  # the side stream, ordered after the one that made the tensors
+        if stream is not None:
+            torch.cuda.set_device(self.device)  # a new thread starts on GPU 0
+        # on CUDA, the side stream, ordered after the one that made the tensors
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
             for w in works:
                 w.wait()  # NCCL: only orders the stream after the broadcast ...
-            stream.synchronize()  # ... this waits for it, so "done" means sent
+            if stream is not None:
+                stream.synchronize()  # ... this waits for it, so "done" means sent
 
     def _send_bucket(self, bucket: list[tuple[str, torch.Tensor]], version: int, n: int, loud: bool) -> int:
         """One bucket: the server's receive request and our broadcast, concurrently -> bytes sent."""
