@@ -45,9 +45,9 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _logprob_chunk(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
-                   temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(target) for a chunk of positions, and the entropy there (empty unless asked; no grad)."""
+def _chunk_forward(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
+                   temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log p(target), entropy (empty unless asked; no grad), log-sum-exp) for a chunk of positions."""
     logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature   # [c, V]
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
@@ -55,7 +55,12 @@ def _logprob_chunk(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: to
     if with_entropy:
         with torch.no_grad():
             ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return logp, ent
+    return logp, ent, lse
+
+
+def _logprob_chunk(*args) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) and entropy for a chunk (the arguments of _chunk_forward), plain autograd."""
+    return _chunk_forward(*args)[:2]
 
 
 class ChunkLogprob(torch.autograd.Function):
@@ -67,12 +72,7 @@ class ChunkLogprob(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy):
-        logits = torch.nn.functional.linear(hidden, weight, bias).float().div_(temperature)   # [c, V]
-        lse = torch.logsumexp(logits, dim=-1)
-        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-        ent = logits.new_zeros(0)
-        if with_entropy:
-            ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        logp, ent, lse = _chunk_forward(hidden, weight, bias, targets, temperature, with_entropy)
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.temperature = temperature
         ctx.mark_non_differentiable(ent)
