@@ -7,6 +7,7 @@
 # Shape L (8 prompts x 8 samples x 512 tokens, random full-size 0.5B, synthetic reward so every step
 # trains), STEPS steps (default 20). Each command stays under ~8 min; the medians come from
 # bench/summarize.py (steps after the first 2). Writes $OUT/scaling_<GPUS>gpu.{log,json} and metrics.
+# EXTRA="--set k=v ..." is appended to the command (e.g. a rollout.server_args override).
 source bench/device/env.sh || exit 1
 N=${GPUS:?set GPUS=1, 2 or 4}
 STEPS=${STEPS:-20}
@@ -14,7 +15,7 @@ CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((N - 1)))
 export CUDA_VISIBLE_DEVICES
 RUN=/tmp/runs/bench/scale${N}
 ARGS=(train --config bench/configs/random-0.5b.yaml --set "trial_name=scale${N}" --set output_dir=/tmp/runs
-      --set "trainer.max_steps=$STEPS")
+      --set "trainer.max_steps=$STEPS" ${EXTRA:-})
 if [ "$N" -eq 1 ]; then
   CMD=(python -m gsm8k_grpo "${ARGS[@]}")
 elif [ "$N" -eq 2 ]; then

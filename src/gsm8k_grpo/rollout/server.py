@@ -166,6 +166,7 @@ class SGLangServer:
         self.stop_grace_s = stop_grace_s
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None  # launch to healthy, port retries included
         self._lock = threading.RLock()  # stop() may re-enter from the SIGTERM handler
 
     @property
@@ -207,11 +208,13 @@ class SGLangServer:
         _install_hooks()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         attempts = 3  # a free port can be taken between our probe and the child's bind: retry
+        t0 = time.monotonic()
         while True:
             attempts -= 1
             self._spawn(free_port())
             try:
                 self._wait_healthy()
+                self.startup_s = time.monotonic() - t0
                 return self
             except BaseException as e:
                 port_taken = "address already in use" in log_tail(self.log_path).lower()
