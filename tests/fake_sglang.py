@@ -16,7 +16,8 @@ Like SGLang (``_set_envs_and_config``, entrypoints/engine.py:1582 in 0.5.17) the
 NCCL_CUMEM_ENABLE=0 unless it inherited the variable, and like NCCL it then refuses to pair with
 a trainer whose setting differs: the trainer's NCCL defaults to cuMem on, so an uninherited
 variable means a mismatch and /update_weights_from_distributed never joins the broadcast (the
-request hangs, as the real pair did on 2 GPUs). ``--stall-broadcast`` forces that stall.
+request hangs, as the real pair did on 2 GPUs). ``--stall-broadcast`` forces that stall. Before it
+is healthy it runs a world-size-1 tcp:// rendezvous, like SGLang's own distributed init.
 ``--bracket`` adds SGLang 0.5.23's /begin_weight_update
 and /end_weight_update and refuses tensor/distributed updates outside them. ``--die-after N``
 exits abruptly on the (N+1)-th /generate. GET /_state returns what was recorded (tests only).
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,7 +41,10 @@ ARGS: argparse.Namespace
 LOCK = threading.Lock()
 STATE: dict = {"weight_version": "default", "disk_updates": [], "tensor_updates": [], "distributed": [],
                "received": {}, "paused": False, "session_open": False, "calls": [], "generate_calls": 0,
-               "flush_calls": 0}
+               "flush_calls": 0,
+               # torchrun's variables we inherited (the trainer must not pass them on)
+               "launcher_env": {k: v for k, v in os.environ.items()
+                                if k in ("RANK", "WORLD_SIZE", "MASTER_PORT") or k.startswith("TORCHELASTIC_")}}
 GROUPS: dict = {}
 TRAINER_CUMEM = "1"  # the trainer's (our parent's) value: what we inherited, else NCCL's own default 1
 STALL_S = 120.0      # how long a stalled update waits before giving up (the test's timeout is shorter)
@@ -62,6 +67,24 @@ def fake_sample(prompt: list[int], j: int, sp: dict) -> dict:
         "id": os.urandom(8).hex(), "finish_reason": reason, "prompt_tokens": len(prompt),
         "completion_tokens": len(ids), "weight_version": STATE["weight_version"],
         "output_token_logprobs": [[-tok / 1000, tok, None] for tok in ids]}}
+
+
+def own_dist_init() -> None:
+    """SGLang's own distributed init before it is healthy (its TP group: world size 1, a tcp://
+    rendezvous). Under torchrun's inherited variables this waits on a store nobody hosts, as the real
+    server did on 4 GPUs; here it gives up after 20 s instead of hanging."""
+    from datetime import timedelta
+
+    from torch.distributed import rendezvous
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        next(rendezvous(f"tcp://127.0.0.1:{port}", 0, 1, timeout=timedelta(seconds=20)))
+    except Exception as e:  # noqa: BLE001
+        log(f"torch distributed init failed: {e.__class__.__name__}: {str(e)[:200]}")
+        sys.exit(1)
 
 
 def join_group(body: dict) -> None:
@@ -280,6 +303,7 @@ def main() -> None:
     if "NCCL_CUMEM_ENABLE" not in os.environ:  # SGLang's _set_envs_and_config (enable_symm_mem off)
         os.environ["NCCL_CUMEM_ENABLE"] = "0"
     STATE["weight_version"] = ARGS.weight_version
+    own_dist_init()
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
     server.daemon_threads = True
     log(f"listening on 127.0.0.1:{ARGS.port} (ignored args: {unknown})"

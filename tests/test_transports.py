@@ -211,6 +211,28 @@ def test_nccl_protocol_over_gloo(tmp_path, monkeypatch, bracket):
     assert "/destroy_weights_update_group" in state["calls"]
 
 
+def test_nccl_under_torchrun_env(tmp_path, monkeypatch):
+    """Trainer rank 0 under torchrun: torchrun's variables (agent store on) must reach neither our
+    rendezvous nor the server's. Before the fix both sides waited on a store nobody hosted (the
+    4-GPU run of 2026-11-27 stalled in SGLang's distributed init); here that is a timeout."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    from gsm8k_grpo.rollout.server import free_port
+    for k, v in {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RUN_ID": "none", "RANK": "0",
+                 "LOCAL_RANK": "0", "WORLD_SIZE": "3", "LOCAL_WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(k, v)
+    with fake_engine(tmp_path) as eng:
+        env = eng.client.call("/_state", method="GET")["launcher_env"]
+        t = NCCLTransport(eng.client, 1, group_name=f"test-{uuid.uuid4().hex[:8]}", backend="gloo", timeout_s=10,
+                          engine=eng)
+        try:
+            t.push(iter([("a.w", torch.ones(2))]), 1)
+        finally:
+            t.close()
+        assert eng.weight_version == 1
+    assert env == {}  # none of torchrun's variables reached the server
+
+
 def test_nccl_refuses_shared_gpu():
     with pytest.raises(TransportError, match="Duplicate GPU detected.*use weights.transport=ipc or disk"):
         NCCLTransport(None, 1, trainer_gpu_uuids=["GPU-1"], server_gpu_uuids=["GPU-0", "GPU-1"], backend="gloo")

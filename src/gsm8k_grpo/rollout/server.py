@@ -37,6 +37,11 @@ CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "
 # 0 rather than 1: SGLang's own processes then run as SGLang intends, and a build that forces 0
 # whatever it inherits still matches. A value the user set is kept and passed on.
 NCCL_CUMEM = "0"
+# What torchrun sets for a trainer rank. The SGLang child must not inherit it: with
+# TORCHELASTIC_USE_AGENT_STORE=True torch's tcp:// rendezvous makes every rank a client of
+# torchrun's store, so SGLang's own distributed init waited forever (4-GPU run, 2026-11-27).
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def pin_nccl_env() -> str:
@@ -192,7 +197,7 @@ class SGLangServer:
         return base + ["--port", str(port)] + self.extra_args
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")}
         env.update(CHILD_ENV)
         env["NCCL_CUMEM_ENABLE"] = pin_nccl_env()  # the same as ours, see NCCL_CUMEM
         env["PYTHONUNBUFFERED"] = "1"

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from datetime import timedelta
+from urllib.parse import urlparse
 
 import torch
 import torch.distributed as dist
@@ -41,11 +42,15 @@ SAME_GPU = ("NCCL cannot connect two ranks on the same GPU ('Duplicate GPU detec
 
 def init_custom_process_group(backend: str, init_method: str, world_size: int, rank: int, group_name: str,
                               timeout: timedelta) -> dist.ProcessGroup:
-    """SGLang's ``init_custom_process_group`` (from OpenRLHF/PyTorch), reduced to the tcp:// path."""
-    from torch.distributed.distributed_c10d import PrefixStore, _new_process_group_helper, _world, rendezvous
+    """SGLang's ``init_custom_process_group`` (from OpenRLHF/PyTorch), reduced to the tcp:// path.
 
-    store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
-    store.set_timeout(timeout)
+    The store is the one torch's tcp:// rendezvous builds (hosted by rank 0, multi-tenant), made
+    directly: under torchrun, ``rendezvous()`` would make this rank a client of torchrun's agent
+    store (TORCHELASTIC_USE_AGENT_STORE) and nobody would host the group's store."""
+    from torch.distributed.distributed_c10d import PrefixStore, _new_process_group_helper, _world
+
+    url = urlparse(init_method)
+    store = dist.TCPStore(url.hostname, url.port, world_size, is_master=rank == 0, timeout=timeout, multi_tenant=True)
     store = PrefixStore(group_name, store)
     pg, _ = _new_process_group_helper(world_size, rank, [], dist.Backend(backend), store,
                                       group_name=group_name, backend_options=None, timeout=timeout)
