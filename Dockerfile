@@ -17,8 +17,11 @@
 #   wandb/.wandb_api_key under the working directory, i.e. /runs/wandb/.wandb_api_key, which the
 #   read-only mount of ./wandb above provides. No key is baked into the image; with none, W&B is off
 #   and the run still writes metrics.jsonl and train.log. W&B's own files go to RUN_DIR/wandb.
-# - Hub downloads (the model, openai/gsm8k) are cached under /runs/.cache/huggingface, so they
-#   survive the container when /runs is mounted.
+# - Hub downloads (the model, openai/gsm8k) are cached under /runs/.cache/huggingface, and SGLang's
+#   compiled Triton kernels under /runs/.cache/triton, so both survive the container when /runs is
+#   mounted. On an H100 the first server start on a machine spent 70-80 s more than later ones
+#   compiling kernels (bench/results/2026-11-27-h100x4-scaling.md); that the Triton cache holds
+#   all of it is likely (Triton attention backend) but was not isolated.
 # - Several GPUs: see docs/multi-gpu.md. What was and was not verified about this image:
 #   docs/docker.md (in short: linted and the install line tested, never built here).
 #
@@ -38,7 +41,8 @@ LABEL org.opencontainers.image.title="gsm8k-grpo" \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 ENV PYTHONUNBUFFERED=1 \
-    HF_HOME=/runs/.cache/huggingface
+    HF_HOME=/runs/.cache/huggingface \
+    TRITON_CACHE_DIR=/runs/.cache/triton
 
 # Only what the wheel is built from (pyproject.toml names README.md; presets/ is force-included).
 WORKDIR /opt/gsm8k-grpo
