@@ -2,6 +2,7 @@
 
     python tests/fake_sglang.py --port P [--bracket] [--die-after N] [--never-healthy]
                                 [--busy-flushes K] [--weight-version V] [--stall-broadcast]
+                                [--generate-delay S]
 
 It speaks the subset of SGLang 0.5.17's native API our client uses, with the same request
 fields and reply shapes: /health, /generate (deterministic fake tokens and logprobs; honours
@@ -20,7 +21,8 @@ request hangs, as the real pair did on 2 GPUs). ``--stall-broadcast`` forces tha
 is healthy it runs a world-size-1 tcp:// rendezvous, like SGLang's own distributed init.
 ``--bracket`` adds SGLang 0.5.23's /begin_weight_update
 and /end_weight_update and refuses tensor/distributed updates outside them. ``--die-after N``
-exits abruptly on the (N+1)-th /generate. GET /_state returns what was recorded (tests only).
+exits abruptly on the (N+1)-th /generate. ``--generate-delay S`` makes each /generate take S
+seconds; a weight update that arrives meanwhile is logged (a batch would mix weight versions). GET /_state returns what was recorded (tests only).
 Unknown launcher flags are ignored, so the real launcher's extra arguments can be passed.
 
 Fake generation: sample j of prompt p yields tokens p[-1], 100 + j, 200, 201, 202, ... and
@@ -35,13 +37,14 @@ import os
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ARGS: argparse.Namespace
 LOCK = threading.Lock()
 STATE: dict = {"weight_version": "default", "disk_updates": [], "tensor_updates": [], "distributed": [],
                "received": {}, "paused": False, "session_open": False, "calls": [], "generate_calls": 0,
-               "flush_calls": 0,
+               "flush_calls": 0, "generating": 0,
                # torchrun's variables we inherited (the trainer must not pass them on)
                "launcher_env": {k: v for k, v in os.environ.items()
                                 if k in ("RANK", "WORLD_SIZE", "MASTER_PORT") or k.startswith("TORCHELASTIC_")}}
@@ -171,6 +174,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(404, {"detail": "Not Found"})
         with LOCK:
             STATE["calls"].append(self.path)
+            if self.path.startswith("/update_weights") and STATE["generating"]:
+                log(f"{self.path} arrived during a /generate: a batch would mix weight versions")
         route(body)
 
     def r_generate(self, body: dict) -> None:
@@ -179,12 +184,18 @@ class Handler(BaseHTTPRequestHandler):
             if ARGS.die_after is not None and STATE["generate_calls"] > ARGS.die_after:
                 log("scheduler crashed: CUDA error: an illegal memory access was encountered (fake)")
                 os._exit(3)
-        prompts, sp = body["input_ids"], body["sampling_params"]
-        if not body.get("return_logprob"):
-            return self.fail("test client must ask for logprobs")
-        # TokenizerManager._handle_batch_request: for i in range(B): for _ in range(n) -> prompt-major
-        outs = [fake_sample(p, j, sp) for p in prompts for j in range(sp.get("n", 1))]
-        self.reply(200, outs)
+            STATE["generating"] += 1
+        try:
+            prompts, sp = body["input_ids"], body["sampling_params"]
+            if not body.get("return_logprob"):
+                return self.fail("test client must ask for logprobs")
+            # TokenizerManager._handle_batch_request: for i in range(B): for _ in range(n) -> prompt-major
+            outs = [fake_sample(p, j, sp) for p in prompts for j in range(sp.get("n", 1))]
+            time.sleep(ARGS.generate_delay)
+            self.reply(200, outs)
+        finally:
+            with LOCK:
+                STATE["generating"] -= 1
 
     def _versioned(self, body: dict, message: str) -> None:
         if body.get("weight_version") is not None:
@@ -298,6 +309,7 @@ def main() -> None:
     p.add_argument("--busy-flushes", type=int, default=0)
     p.add_argument("--weight-version", default="default")
     p.add_argument("--stall-broadcast", action="store_true")
+    p.add_argument("--generate-delay", type=float, default=0.0, help="seconds each /generate takes")
     ARGS, unknown = p.parse_known_args()
     TRAINER_CUMEM = os.environ.get("NCCL_CUMEM_ENABLE", "1")  # the parent is the trainer
     if "NCCL_CUMEM_ENABLE" not in os.environ:  # SGLang's _set_envs_and_config (enable_symm_mem off)

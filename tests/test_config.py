@@ -59,6 +59,8 @@ def test_set_values_are_yaml_typed():
     (["trainer.mini_batch_size=3"], "divisible"),
     (["rollout.temperature=0"], "rollout.temperature"),
     (["rollout.engine=hf", "weights.transport=nccl"], "nccl needs rollout.engine=sglang"),
+    (["rollout.overlap=true", "rollout.enable_memory_saver=true"], "overlap and rollout.enable_memory_saver exclude"),
+    (["algorithm.offpolicy_weight_cap=0.5"], "offpolicy_weight_cap"),
 ])
 def test_cross_field_checks(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -133,3 +133,17 @@ def test_collate_masks_predict_completion_tokens():
 def test_shard_for_rank_partitions():
     assert shard_for_rank(5, 0, 2) == [0, 2, 4] and shard_for_rank(5, 1, 2) == [1, 3]
     assert shard_for_rank(3, 0, 1) == [0, 1, 2]
+
+
+def test_behaviour_weights_truncate_and_carry_no_gradient():
+    """min(pi_prox / pi_behaviour, cap) per token, a constant for autograd."""
+    prox = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)
+    behav = torch.tensor([-1.0, -3.0, -0.4])
+    w = L.behaviour_weights(prox, behav, cap=2.0)
+    assert torch.allclose(w, torch.tensor([1.0, 2.0, math.exp(-0.1)]))  # e^1 = 2.72 is truncated to 2
+    assert not w.requires_grad
+    # the weighted loss's gradient is the unweighted one scaled per token
+    adv = torch.tensor([1.0, -1.0, 0.5])
+    logp = prox.detach().clone().requires_grad_(True)
+    (L.clipped_pg_loss(logp, prox.detach(), adv, 0.2, 0.28)[0] * w).sum().backward()
+    assert torch.allclose(logp.grad, -adv * w)

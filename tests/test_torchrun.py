@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from toy import write_toy
 
@@ -25,8 +27,10 @@ def _run(cmd, cwd):
     return res
 
 
-def test_torchrun_two_ranks_matches_one(tmp_path):
-    extra = {"trainer.max_steps": 4, "checkpoint.every": 2}
+@pytest.mark.parametrize("overlap", [False, True])
+def test_torchrun_two_ranks_matches_one(tmp_path, overlap):
+    """With rollout.overlap, rank 0 generates the next batch in a thread during the update."""
+    extra = {"trainer.max_steps": 4, "checkpoint.every": 2, "rollout.overlap": overlap}
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     _run([sys.executable, "-m", "gsm8k_grpo", "train", "--config", str(write_toy(one, **extra))], ROOT)
@@ -38,6 +42,7 @@ def test_torchrun_two_ranks_matches_one(tmp_path):
     assert a[0]["reward_mean"] == b[0]["reward_mean"]          # same rollouts (rank 0's engine)
     assert abs(a[0]["grad_norm"] - b[0]["grad_norm"]) <= 1e-4 * a[0]["grad_norm"]
     assert abs(a[0]["loss"] - b[0]["loss"]) <= 1e-6
+    assert [r["policy_lag"] for r in b] == [0] + [int(overlap)] * 3
     for r in b:
         assert r["samples_trained"] == 64 and r["optimizer_steps"] == 1
         if 0 < r["reward_mean"] < 1:

@@ -43,9 +43,11 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert "final checkpoint:" in res.stdout
 
 
-def test_learns_toy_task(tmp_path):
-    """Reward of 'answer with the digit 7' rises from chance (~1/16) to >= 0.8 through the real recipe."""
-    cfg = write_toy(tmp_path, **{"trainer.max_steps": 40})
+@pytest.mark.parametrize("overlap", [False, True])
+def test_learns_toy_task(tmp_path, overlap):
+    """Reward of 'answer with the digit 7' rises from chance (~1/16) to >= 0.8 through the real recipe;
+    also with rollout.overlap, where every batch after the first is one update old."""
+    cfg = write_toy(tmp_path, **{"trainer.max_steps": 40, "rollout.overlap": overlap})
     res = grpo("train", "--config", str(cfg), timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     recs = read_metrics(tmp_path / "runs" / "toy" / "trial0")
@@ -56,11 +58,19 @@ def test_learns_toy_task(tmp_path):
         assert r["samples_trained"] == 64 and r["optimizer_steps"] == 1
         if 0 < r["reward_mean"] < 1:
             assert r["grad_norm"] > 0
+    assert [r["policy_lag"] for r in recs] == [0] + [int(overlap)] * 39
+    for r in recs[1:]:  # the off-policy correction ran, and the weights stayed near 1 (one small update old)
+        assert ("offpolicy_weight_mean" in r) == overlap
+        if overlap:
+            assert 0.5 < r["offpolicy_weight_mean"] < 1.5 and r["offpolicy_capped_frac"] < 0.2
 
 
-def test_exact_resume_after_kill(tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_exact_resume_after_kill(tmp_path, overlap):
+    """A SIGKILLed run, resumed, matches an unbroken one step for step. With rollout.overlap the
+    checkpoint carries the batch already generated for the next step."""
     extra = {"trainer.max_steps": 24, "checkpoint.every": 1, "checkpoint.keep_last": 3,
-             "rollout.max_new_tokens": 12, "optimizer.lr": 0.002}
+             "rollout.max_new_tokens": 12, "optimizer.lr": 0.002, "rollout.overlap": overlap}
     straight = tmp_path / "straight"
     straight.mkdir()
     cfg_a = write_toy(straight, **extra)
@@ -143,16 +153,20 @@ def test_resume_with_force_accepts_changed_config(tmp_path):
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("saver", [False, True])
-def test_recipe_with_sglang_engine_over_http(tmp_path, saver):
+@pytest.mark.parametrize("mode", ["plain", "saver", "overlap"])
+def test_recipe_with_sglang_engine_over_http(tmp_path, mode):
     """The whole loop with rollout.engine=sglang: a server child process, real HTTP, weight pushes
     by disk with version checks. The server is tests/fake_sglang.py (real SGLang needs a GPU): its
-    tokens are fake, so this proves the plumbing, not learning."""
-    server = json.dumps([sys.executable, str(ROOT / "tests" / "fake_sglang.py")])
+    tokens are fake, so this proves the plumbing, not learning. "overlap": each /generate takes
+    0.5 s and the next batch is generated during the update; no push may reach the server then."""
+    saver, overlap = mode == "saver", mode == "overlap"
+    server = json.dumps([sys.executable, str(ROOT / "tests" / "fake_sglang.py")]
+                        + (["--generate-delay", "0.5"] if overlap else []))
     res = grpo("train", "--preset", "smoke", "--set", "rollout.engine=sglang", "--set", f"rollout.server_cmd={server}",
                "--set", "weights.transport=disk", "--set", "rollout.max_new_tokens=4", "--set", "trainer.max_steps=3",
                "--set", "rollout.server_timeout_s=60", "--set", "eval.at_end=false",
-               "--set", f"rollout.enable_memory_saver={str(saver).lower()}", cwd=tmp_path, timeout=180)
+               "--set", f"rollout.enable_memory_saver={str(saver).lower()}",
+               "--set", f"rollout.overlap={str(overlap).lower()}", cwd=tmp_path, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "smoke" / "trial0"
     recs = read_metrics(run)
@@ -166,6 +180,10 @@ def test_recipe_with_sglang_engine_over_http(tmp_path, saver):
     assert server_log.count("release_memory_occupation") == (3 if saver else 0)
     assert server_log.count("resume_memory_occupation") == (3 if saver else 0)
     # each step's replies carried the pushed weight version (the engine raises on a mismatch)
+    assert [r["policy_lag"] for r in recs] == ([0, 1, 1] if overlap else [0, 0, 0])
+    assert "arrived during a /generate" not in server_log
+    if overlap:  # steps 2 and 3 were generated while steps 1 and 2 updated
+        assert all(r["time_generate"] >= 0.5 for r in recs)
 
 
 def test_a_setting_added_since_the_checkpoint_is_no_change():

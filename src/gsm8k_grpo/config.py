@@ -57,6 +57,8 @@ class RolloutConfig(_Strict):
     server_timeout_s: float = Field(600, gt=0)
     hf_batch_size: int = Field(64, ge=1, description="sequences per generate() call in the HF engine")
     gpus: int = Field(1, ge=0, description="GPUs given to the SGLang server when several are visible")
+    overlap: bool = Field(False, description="generate the next step's rollouts while this step updates (one step "
+                          "off-policy, corrected by algorithm.offpolicy_weight_cap); default on-policy")
 
 
 class AlgorithmConfig(_Strict):
@@ -71,6 +73,8 @@ class AlgorithmConfig(_Strict):
         "strict", description="synthetic = benchmarks only: a fixed pseudo-random 0/1 per completion, so "
         "random-weight models still get varied rewards and every step trains")
     format_bonus: float = Field(0.0, ge=0, description="added when the completion has a \\boxed{} answer")
+    offpolicy_weight_cap: float = Field(2.0, ge=1, description="with rollout.overlap: per-token weight "
+                                        "pi_trainer / pi_rollout of the one-step-old samples, truncated at this cap")
 
     @model_validator(mode="after")
     def _check(self) -> "AlgorithmConfig":
@@ -176,6 +180,9 @@ class RunConfig(_Strict):
             raise ValueError("weights.transport=nccl needs rollout.engine=sglang (the HF engine lives in-process)")
         if self.weights.transport == "ipc" and self.rollout.engine == "hf":
             raise ValueError("weights.transport=ipc needs rollout.engine=sglang; use disk or auto with the HF engine")
+        if self.rollout.overlap and self.rollout.enable_memory_saver:
+            raise ValueError("rollout.overlap and rollout.enable_memory_saver exclude each other: the saver releases "
+                             "SGLang's memory during the update, when an overlapped rollout is generating")
         return self
 
     @property

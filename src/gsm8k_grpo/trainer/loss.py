@@ -6,6 +6,10 @@ For a group of G samples of one prompt with rewards r_1..r_G:
 Per completion token t of sample i, with ratio rho = exp(logp_new - logp_old):
     l_t = -min(rho * A_i, clip(rho, 1 - clip_low, 1 + clip_high) * A_i)      (PPO clip, "clip-higher")
         + kl_coef * k3(logp_new, logp_ref),  k3 = exp(ref - new) - (ref - new) - 1
+Off-policy samples (rollout.overlap: drawn by the policy one update older, pi_b), decoupled PPO
+(Hilton et al. 2021, as in AReaL): the ratio rho is taken against the trainer's own log-probs
+before the update (the proximal policy), and l_t is multiplied by the truncated, gradient-free
+behaviour weight  min(pi_prox / pi_b, cap)  (see behaviour_weights).
 Aggregation over a mini-batch (weights w_t, see token_weights):
     "token"    (DAPO): sum_t l_t / (all completion tokens of the mini-batch)
     "sequence" (GRPO): sum_i mean_t(l_t) / (samples of the mini-batch)
@@ -53,6 +57,11 @@ def clipped_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tenso
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     loss = -torch.minimum(unclipped, clipped)
     return loss, (clipped < unclipped).detach()
+
+
+def behaviour_weights(prox_logp: torch.Tensor, behav_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-token min(pi_prox / pi_behaviour, cap), no gradient. All inputs [T]."""
+    return torch.exp(prox_logp.detach() - behav_logp).clamp(max=cap)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,11 @@
 
     batch -> rollouts -> rewards -> advantages -> update -> push -> log -> maybe eval -> maybe save
 
+With rollout.overlap, step t+1's rollouts are generated (on rank 0, in a thread) while step t
+updates, on the weights before that update; the thread is joined before the push, so every batch
+comes from one weight version, one update older than the trainer (the loss corrects for it).
+A checkpoint keeps that pending batch, so a resumed run trains on the same samples.
+
 setup() builds everything from the RunConfig (or resumes it from RUN_DIR/checkpoints/latest);
 train() runs the steps; save_checkpoint() writes an atomic checkpoint. Rank 0 owns the rollout
 engine and the transport; every rank trains its share of each batch (FSDP2).
@@ -9,8 +14,10 @@ engine and the transport; every rank trains its share of each batch (FSDP2).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -22,7 +29,7 @@ from gsm8k_grpo.config import ConfigError, RunConfig, config_diff, to_yaml, vali
 from gsm8k_grpo.data import gsm8k, prompts
 from gsm8k_grpo.modeling import count_params, load_config, load_tokenizer, materialize
 from gsm8k_grpo.rollout import choose_engine, make_engine, sglang_installed
-from gsm8k_grpo.rollout.base import SamplingParams
+from gsm8k_grpo.rollout.base import EngineError, SamplingParams
 from gsm8k_grpo.trainer import checkpoint as C
 from gsm8k_grpo.trainer.batching import TrainSample
 from gsm8k_grpo.trainer.fsdp import init_distributed
@@ -92,6 +99,8 @@ class Recipe:
         self.cfg, self.restart, self.force = cfg, restart, force
         self.requested_cfg = cfg  # what the user asked for: saved in checkpoints, compared on resume
         self.engine = self.transport = self.metrics = None
+        self._ahead: ThreadPoolExecutor | None = None   # rollout.overlap: the thread generating the next batch
+        self._pending: tuple[list[TrainSample], dict] | None = None  # its result, trained on by the next step
 
     # ================================================================== setup
     def setup(self) -> None:
@@ -137,6 +146,9 @@ class Recipe:
         if self.resume_from is not None:
             state = C.restore(self.resume_from, self.trainer)
             self.start_step = state["step"]
+            if state.get("pending_rollout") and self.rank == 0:
+                p = state["pending_rollout"]
+                self._pending = ([TrainSample(**s) for s in p["samples"]], p["info"])
             log.info("resumed from %s (step %d)", self.resume_from, self.start_step)
         if self.rank == 0:
             server_gpus = self.placement.server_gpus if self.placement else None
@@ -288,6 +300,7 @@ class Recipe:
         prompt_ids = [self._prompt(p) for p in problems]
         params = SamplingParams(cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p,
                                 cfg.rollout.max_new_tokens, tuple(self.stop_ids), step_seed(cfg.seed, step))
+        version = self.engine.weight_version  # updates in the weights that generate (push v = after step v)
         t0 = time.time()
         groups = self.engine.generate(prompt_ids, params)
         t1 = time.time()
@@ -309,6 +322,7 @@ class Recipe:
             "filtered_group_frac": 1.0 - float(keep.float().mean()),
             "time_generate": t1 - t0, "time_reward": time.time() - t1,
             "gen_tokens_per_s": sum(lens) / max(t1 - t0, 1e-9), "stale_samples": len(stale),
+            "policy_lag": (step - 1) - version,  # trainer updates the generating weights lack: 0 on-policy
         }
         return samples, info
 
@@ -322,8 +336,12 @@ class Recipe:
 
     def step(self, step: int) -> dict:
         t0 = time.time()
-        samples, info = self.rollout(step) if self.rank == 0 else (None, None)
+        samples, info = None, None
+        if self.rank == 0:
+            samples, info = self._pending or self.rollout(step)
+            self._pending = None
         samples, info = self._bcast((samples, info))
+        ahead = self._rollout_ahead(step)
         t1 = time.time()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -331,7 +349,7 @@ class Recipe:
         if saver and self.rank == 0:  # the trainer gets SGLang's memory while it updates
             self.engine.release_memory()
         if samples:
-            stats = self.trainer.update(samples)
+            stats = self.trainer.update(samples, off_policy=info["policy_lag"] > 0)
         else:  # every group filtered out: nothing to learn from this batch
             stats = {"samples_trained": 0, "tokens_trained": 0, "optimizer_steps": 0, "nonfinite_steps": 0,
                      "loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0}
@@ -350,9 +368,38 @@ class Recipe:
                         step, stats["nonfinite_steps"], detail)
         if saver and self.rank == 0:  # resumed weights are garbage: push even when nothing changed
             self.engine.resume_memory()
+        t3 = time.time()
+        self._join_ahead(ahead)  # before the push: the next batch must come from one weight version
+        if ahead is not None:
+            info["time_wait_rollout"] = time.time() - t3
         info["time_push"] = self._push(step) if stats["optimizer_steps"] or saver else 0.0
         info["time_step"] = time.time() - t0
         return info
+
+    def _rollout_ahead(self, step: int) -> Future | None:
+        """rollout.overlap, rank 0: start generating step+1's batch now, on the weights before this update."""
+        if not (self.cfg.rollout.overlap and self.rank == 0 and step < self.total_steps):
+            return None
+        if self._ahead is None:
+            self._ahead = ThreadPoolExecutor(1, thread_name_prefix="rollout-ahead")
+        return self._ahead.submit(self.rollout, step + 1)
+
+    def _join_ahead(self, ahead: Future | None) -> None:
+        """Wait for the overlapped rollout. If it failed on rank 0, every rank raises (none is left
+        waiting in the push's collectives)."""
+        if not self.cfg.rollout.overlap:
+            return
+        err = None
+        if ahead is not None:
+            try:
+                self._pending = ahead.result()
+            except Exception as e:  # noqa: BLE001  (re-raised below, after the other ranks are told)
+                err = e
+        failed = self._bcast(None if err is None else f"{type(err).__name__}: {err}")
+        if err is not None:
+            raise err
+        if failed:
+            raise EngineError(f"rank 0's overlapped rollout failed: {failed}")
 
     def _push(self, version: int) -> float:
         t0 = time.time()
@@ -379,7 +426,11 @@ class Recipe:
 
     def save_checkpoint(self, step: int) -> tuple[float, Path]:
         t0 = time.time()
-        state = {"config": self.requested_cfg.model_dump(mode="json"),
+        pending = None
+        if self._pending is not None:  # rollout.overlap: the next step's batch, already generated
+            samples, info = self._pending
+            pending = {"samples": [dataclasses.asdict(s) for s in samples], "info": info}
+        state = {"config": self.requested_cfg.model_dump(mode="json"), "pending_rollout": pending,
                  "data_cursor": {"step": step, "seed": self.cfg.data.seed, "pool": len(self.pool)},
                  "wandb_id": getattr(self.metrics, "wandb_id", None), "base_model": self.model_dir}
         dt = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(self.cfg.checkpoint.save_dtype,
@@ -388,6 +439,8 @@ class Recipe:
         return time.time() - t0, path
 
     def close(self) -> None:
+        if self._ahead is not None:  # a rollout still in flight (after an error) ends with the engine below
+            self._ahead.shutdown(wait=False, cancel_futures=True)
         for closer in (self.transport, self.engine, self.metrics):
             try:
                 if closer is not None:

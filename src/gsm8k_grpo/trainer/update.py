@@ -5,6 +5,8 @@ update(samples):
      On-policy with one PPO epoch and one mini-batch, the weights cannot change before the loss
      is taken, so old_logp is the training forward's own log-probs, detached (as TRL does):
      the same numbers without a second forward pass.
+     Off-policy samples (rollout.overlap) weight each token's loss by min(pi_old / pi_engine, cap):
+     decoupled PPO, with old_logp as the proximal policy (trainer/loss.py).
   2. for each PPO epoch, for each mini-batch (whole groups): for each micro-batch on this rank,
      loss = sum(w_t * l_t) * world (FSDP averages grads over ranks) -> backward; then clip
      grads, and step AdamW only when loss and grad norm are finite.
@@ -118,7 +120,8 @@ class Trainer:
         sums[1] += float((logp.detach().float().cpu() - mb.engine_logprobs).abs().sum())
         sums[2] += mb.n_tokens
 
-    def update(self, samples: list[TrainSample]) -> dict:
+    def update(self, samples: list[TrainSample], off_policy: bool = False) -> dict:
+        """off_policy: the samples came from older weights than the trainer's (rollout.overlap)."""
         a = self.cfg.algorithm
         self.model.train()
         t0 = time.perf_counter()
@@ -128,13 +131,13 @@ class Trainer:
         t_logprob = time.perf_counter() - t0
         stats = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "grad_norm": 0.0, "optimizer_steps": 0,
                  "nonfinite_steps": 0}
-        clip_tok = kl_tok = all_tok = 0.0
+        clip_tok = kl_tok = all_tok = bw_tok = capped_tok = 0.0
         lr = self.scheduler.get_last_lr()[0]
         for _ in range(a.ppo_epochs):
             for start in range(0, len(samples), mb_size):
                 mini = samples[start:start + mb_size]
                 n_tokens = sum(len(s.completion_ids) for s in mini)
-                loss_sum = clip_sum = kl_sum = 0.0
+                loss_sum = clip_sum = kl_sum = bw_sum = capped_sum = 0.0
                 bad_mb = None  # the first micro-batch whose loss was not finite
                 for mb in self._micro_batches(mini):
                     logp, ent = self._forward(self.model, mb, with_entropy=reuse)
@@ -149,6 +152,11 @@ class Trainer:
                         old_lp = torch.cat([old[start + i] for i in mb.index]).to(self.device)
                     adv = mb.advantages.to(self.device)
                     tok_loss, clipped = L.clipped_pg_loss(logp, old_lp, adv, a.clip_low, a.clip_high)
+                    if off_policy:
+                        bw = L.behaviour_weights(old_lp, mb.engine_logprobs.to(self.device), a.offpolicy_weight_cap)
+                        tok_loss = tok_loss * bw
+                        bw_sum += float(bw.sum())
+                        capped_sum += float((bw >= a.offpolicy_weight_cap).sum())
                     if ref_lp is not None:
                         kl = L.kl_k3(logp, ref_lp)
                         tok_loss = tok_loss + a.kl_coef * kl
@@ -160,7 +168,8 @@ class Trainer:
                     if bad_mb is None and not math.isfinite(loss_sum):
                         bad_mb = mb
                     clip_sum += float(clipped.sum())
-                loss_sum, clip_sum, kl_sum = self._all_sum(loss_sum, clip_sum, kl_sum)
+                loss_sum, clip_sum, kl_sum, bw_sum, capped_sum = self._all_sum(loss_sum, clip_sum, kl_sum, bw_sum,
+                                                                               capped_sum)
                 # clip_grad_norm_ in two halves, so a non-finite norm leaves the grads readable
                 params = list(self.model.parameters())
                 gn_t = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
@@ -178,6 +187,8 @@ class Trainer:
                 stats["grad_norm"] = gn
                 clip_tok += clip_sum
                 kl_tok += kl_sum
+                bw_tok += bw_sum
+                capped_tok += capped_sum
                 all_tok += n_tokens
         n_mb = max(1, stats["optimizer_steps"] + stats["nonfinite_steps"])
         ent_sum, mis_sum, toks = self._all_sum(*diag)
@@ -188,6 +199,8 @@ class Trainer:
             time_train=time.perf_counter() - t0 - t_logprob, old_logprob_pass=not reuse,
             seq_tokens=sum(s.length for s in samples) * a.ppo_epochs,
         )
+        if off_policy:
+            stats.update(offpolicy_weight_mean=bw_tok / max(all_tok, 1), offpolicy_capped_frac=capped_tok / max(all_tok, 1))
         return stats
 
     def _nonfinite_detail(self, loss_sum: float, bad_mb: MicroBatch | None) -> str:
