@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import re
+import socket
 import sys
 import types
 import uuid
@@ -22,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from gsm8k_grpo.config import RolloutConfig
-from gsm8k_grpo.rollout.base import EngineError
+from gsm8k_grpo.rollout.base import EngineError, SamplingParams
 from gsm8k_grpo.rollout.sglang_engine import SGLangEngine
 from gsm8k_grpo.weights import disk as disk_mod
 from gsm8k_grpo.weights.base import TransportError, buckets
@@ -231,6 +233,57 @@ def test_nccl_under_torchrun_env(tmp_path, monkeypatch):
             t.close()
         assert eng.weight_version == 1
     assert env == {}  # none of torchrun's variables reached the server
+
+
+# ----------------------------------------------------------------------------- several server GPUs
+def two_gpu_engine(tmp_path: Path, parallel: str = "dp", *flags: str, timeout: float = 30) -> SGLangEngine:
+    """rollout.gpus=2 on GPUs 0 and 1, served by stand-ins (CUDA_VISIBLE_DEVICES is only passed on)."""
+    return SGLangEngine("fake", RolloutConfig(server_timeout_s=timeout, parallel=parallel), tmp_path, gpu_ids=[0, 1],
+                        launch_cmd=[sys.executable, FAKE, *flags])
+
+
+def test_data_parallel_servers_split_generation_and_all_take_each_push(tmp_path, monkeypatch):
+    """parallel=dp: one server per GPU. A batch is split between them and comes back in order;
+    a disk push reaches both; one NCCL group of 1 + 2 ranks (server i at rank 1 + i) carries one
+    broadcast to both (gloo here; SGLang's own --dp-size refuses NCCL updates)."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    with two_gpu_engine(tmp_path) as eng:
+        assert (len(eng.servers), eng.tp_size, eng.server_ranks) == (2, 1, 2)
+        assert [s.gpu_ids for s in eng.servers] == [[0], [1]] and eng.startup_s > 0
+        groups = eng.generate([[1, 2, i] for i in range(5)], SamplingParams(n=2, max_new_tokens=3))
+        assert [[c.token_ids[:2] for c in g] for g in groups] == [[[i, 100], [i, 101]] for i in range(5)]
+        assert [s["generate_calls"] for s in eng.client.call("/_state", method="GET")] == [1, 1]
+        make_transport("disk", eng, base_dir(tmp_path), tmp_path, bucket_mb=1).push(tiny_model().state_dict().items(), 1)
+        t = NCCLTransport(eng.client, 1, group_name=f"test-{uuid.uuid4().hex[:8]}", backend="gloo",
+                          server_ranks=eng.server_ranks, timeout_s=30, engine=eng)
+        try:
+            t.push(iter([("a.w", torch.arange(3.0))]), 2)
+        finally:
+            t.close()
+        states = eng.client.call("/_state", method="GET")
+        eng.generate([[7]], SamplingParams(n=2, max_new_tokens=2))  # both report the pushed version
+    for st in states:
+        assert len(st["disk_updates"]) == 1 and st["weight_version"] == "2"
+        assert st["received"]["a.w"]["values"] == [0.0, 1.0, 2.0]
+    assert "/destroy_weights_update_group" in states[1]["calls"]
+    assert (tmp_path / "sglang_server.log").is_file() and (tmp_path / "sglang_server_1.log").is_file()
+
+
+def test_tensor_parallel_is_one_server_over_both_gpus(tmp_path):
+    with two_gpu_engine(tmp_path, "tp") as eng:
+        assert (len(eng.servers), eng.tp_size, eng.server_ranks) == (1, 2, 2)
+        assert eng.servers[0].gpu_ids == [0, 1] and "--tp-size 2" in " ".join(eng.servers[0].command(1))
+
+
+def test_data_parallel_start_failure_stops_every_server(tmp_path):
+    with pytest.raises(EngineError, match="not healthy after 2s") as e:
+        two_gpu_engine(tmp_path, "dp", "--never-healthy", timeout=2)
+    assert "never healthy" in str(e.value)  # the log tail of the server that failed
+    ports = [int(re.search(r"listening on 127.0.0.1:(\d+)", (tmp_path / name).read_text()).group(1))
+             for name in ("sglang_server.log", "sglang_server_1.log")]
+    for port in ports:  # both children were stopped, the second one too
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_nccl_refuses_shared_gpu():

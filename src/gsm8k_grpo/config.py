@@ -56,7 +56,9 @@ class RolloutConfig(_Strict):
                                          "(a wrapper script; it gets --port P and the server arguments)")
     server_timeout_s: float = Field(600, gt=0)
     hf_batch_size: int = Field(64, ge=1, description="sequences per generate() call in the HF engine")
-    gpus: int = Field(1, ge=0, description="GPUs given to the SGLang server when several are visible")
+    gpus: int = Field(1, ge=0, description="GPUs given to SGLang when several are visible")
+    parallel: Literal["dp", "tp"] = Field("dp", description="with rollout.gpus > 1: dp = one SGLang server per GPU "
+                                          "(throughput for small models); tp = one server tensor-parallel over them")
     overlap: bool = Field(False, description="generate the next step's rollouts while this step updates (one step "
                           "off-policy, corrected by algorithm.offpolicy_weight_cap); default on-policy")
 

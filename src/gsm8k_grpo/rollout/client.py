@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import requests
@@ -261,3 +261,70 @@ class SGLangClient:
 
     def get_model_info(self) -> dict:
         return self.call("/model_info", method="GET")
+
+
+class ReplicaClients:
+    """Several SGLang servers (data parallel: one per GPU) behind the SGLangClient interface.
+
+    SGLang 0.5.17 refuses NCCL weight updates when its own --dp-size is above 1, so data
+    parallelism is one server per GPU. ``generate`` splits the prompts into one contiguous chunk
+    per server; control and weight calls go to every server at once and raise the first error.
+    In the NCCL weight group server i joins at ``rank_offset + i * ranks_each``, so one broadcast
+    from the trainer reaches every replica.
+    """
+
+    def __init__(self, clients: list[SGLangClient], ranks_each: int = 1):
+        self.clients = clients
+        self.ranks_each = ranks_each
+        self.base_url = ", ".join(c.base_url for c in clients)
+
+    def _each(self, calls: list) -> list:
+        """Run one zero-argument call per server concurrently; the first failure is raised."""
+        with ThreadPoolExecutor(len(calls)) as pool:
+            futures = [pool.submit(f) for f in calls]
+            return [f.result() for f in futures]
+
+    def _all(self, name: str, *args) -> list:
+        return self._each([lambda c=c: getattr(c, name)(*args) for c in self.clients])
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        k = len(self.clients)
+        bounds = [len(prompts) * i // k for i in range(k + 1)]  # near-equal contiguous chunks
+        parts = [(c, prompts[a:b]) for c, a, b in zip(self.clients, bounds, bounds[1:]) if b > a]
+        results = self._each([lambda c=c, p=p: c.generate(p, params) for c, p in parts])
+        return [group for r in results for group in r]
+
+    def update_weights_from_disk(self, path: str, version: int) -> list:
+        return self._all("update_weights_from_disk", path, version)
+
+    def init_weights_update_group(self, master_address: str, master_port: int, rank_offset: int,
+                                  world_size: int, group_name: str, backend: str = "nccl") -> list:
+        return self._each([lambda c=c, i=i: c.init_weights_update_group(
+            master_address, master_port, rank_offset + i * self.ranks_each, world_size, group_name, backend)
+            for i, c in enumerate(self.clients)])
+
+    def update_weights_from_distributed(self, *args) -> list:
+        return self._all("update_weights_from_distributed", *args)
+
+    def destroy_weights_update_group(self, group_name: str) -> list:
+        return self._all("destroy_weights_update_group", group_name)
+
+    @contextmanager
+    def weight_update_session(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            for c in self.clients:
+                stack.enter_context(c.weight_update_session())
+            yield
+
+    def release_memory_occupation(self, tags: list[str] | None = None) -> None:
+        self._all("release_memory_occupation", tags)
+
+    def resume_memory_occupation(self, tags: list[str] | None = None) -> None:
+        self._all("resume_memory_occupation", tags)
+
+    def call(self, path: str, body: Any = None, **kw) -> list:
+        return self._each([lambda c=c: c.call(path, body, **kw) for c in self.clients])
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()

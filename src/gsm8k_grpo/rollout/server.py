@@ -206,26 +206,35 @@ class SGLangServer:
         return env
 
     def start(self) -> SGLangServer:
+        self.launch()
+        return self.wait_until_healthy()
+
+    def launch(self) -> None:
+        """Spawn the child without waiting. Call it from a thread that outlives the server: the
+        child's parent-death signal fires when the spawning *thread* exits."""
         if self.proc is not None:
             raise EngineError("SGLang server already started")
         if self.launch_cmd is None and not sglang_installed(self.python):
             raise EngineError(NOT_INSTALLED)
         _install_hooks()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        attempts = 3  # a free port can be taken between our probe and the child's bind: retry
-        t0 = time.monotonic()
+        self._t0 = time.monotonic()
+        self._spawn(free_port())
+
+    def wait_until_healthy(self) -> SGLangServer:
+        attempts = 2  # a free port can be taken between our probe and the child's bind: respawn
         while True:
-            attempts -= 1
-            self._spawn(free_port())
             try:
                 self._wait_healthy()
-                self.startup_s = time.monotonic() - t0
+                self.startup_s = time.monotonic() - self._t0
                 return self
             except BaseException as e:
                 port_taken = "address already in use" in log_tail(self.log_path).lower()
                 self.stop()
                 if not (isinstance(e, EngineError) and port_taken and attempts > 0):
                     raise
+                attempts -= 1
+                self._spawn(free_port())
 
     def _spawn(self, port: int) -> None:
         self.port = port

@@ -161,7 +161,7 @@ class Recipe:
                                      state.get("wandb_id"), self.start_step, self.total_steps)
         if self.start_step > 0:  # the engine starts from the base weights: bring it to the checkpoint's
             self._push(self.start_step)
-        started = getattr(getattr(self.engine, "server", None), "startup_s", None)
+        started = getattr(self.engine, "startup_s", None)
         log.info("run %s: %d steps of %d prompts x %d samples, engine %s%s, transport %s, device %s",
                  self.run_dir, self.total_steps, cfg.trainer.batch_size, cfg.rollout.n, self.engine_kind,
                  f" (healthy after {started:.0f} s)" if started is not None else "",
