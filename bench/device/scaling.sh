@@ -7,6 +7,7 @@
 # Shape L (8 prompts x 8 samples x 512 tokens, random full-size 0.5B, synthetic reward so every step
 # trains), STEPS steps (default 20). Each command stays under ~8 min; the medians come from
 # bench/summarize.py (steps after the first 2). Writes $OUT/scaling_<GPUS>gpu.{log,json} and metrics.
+# TRAINERS=K (GPUS=4 only): K torchrun ranks, SGLang on the other 4-K GPUs (default K=3).
 # EXTRA="--set k=v ..." is appended to the command (e.g. a rollout.server_args override); TAG=x names
 # the run scale<N>x (an A/B beside the table row; scaling_report.py reads only metrics_scale<N>.jsonl).
 source bench/device/env.sh || exit 1
@@ -22,8 +23,9 @@ if [ "$N" -eq 1 ]; then
 elif [ "$N" -eq 2 ]; then
   CMD=(python -m gsm8k_grpo "${ARGS[@]}" --set rollout.gpus=1)
 else
-  CMD=(python -m torch.distributed.run --standalone --nproc_per_node $((N - 1)) -m gsm8k_grpo "${ARGS[@]}"
-       --set rollout.gpus=1)
+  K=${TRAINERS:-$((N - 1))}  # trainer ranks; SGLang gets the other N-K GPUs (one server each by default)
+  CMD=(python -m torch.distributed.run --standalone --nproc_per_node "$K" -m gsm8k_grpo "${ARGS[@]}"
+       --set "rollout.gpus=$((N - K))")
 fi
 echo "== $N GPU(s): CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES ${CMD[*]}"
 timeout -k 20 "${RUN_TIMEOUT:-470}" "${CMD[@]}" > "$OUT/scaling_${N}gpu.log" 2>&1
