@@ -262,6 +262,9 @@ def test_data_parallel_servers_split_generation_and_all_take_each_push(tmp_path,
             t.close()
         states = eng.client.call("/_state", method="GET")
         eng.generate([[7]], SamplingParams(n=2, max_new_tokens=2))  # both report the pushed version
+        # what grpo train builds: the group spans every server (CUDA's device query mocked: no GPU here)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        assert make_transport("nccl", eng, base_dir(tmp_path), tmp_path, bucket_mb=1).server_ranks == 2
     for st in states:
         assert len(st["disk_updates"]) == 1 and st["weight_version"] == "2"
         assert st["received"]["a.w"]["values"] == [0.0, 1.0, 2.0]

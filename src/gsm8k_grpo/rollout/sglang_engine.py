@@ -3,9 +3,11 @@
 Construction starts the server (``--weight-version 0``, log in ``RUN_DIR/sglang_server.log``)
 and waits until it is healthy. With several GPUs and ``rollout.parallel=dp`` there is one server
 per GPU (logs ``sglang_server_<i>.log`` after the first), started at once, behind
-ReplicaClients; with ``tp`` one server spans them (``--tp-size``). Every generation must report the engine's current
-``weight_version``: a mismatch means a weight push was lost and raises EngineError. When a
-request fails because the server died, the error carries the server's last log lines.
+ReplicaClients; with ``tp`` one server spans them (``--tp-size``).
+
+Every generation must report the engine's current ``weight_version``: a mismatch means a weight
+push was lost and raises EngineError. When a request fails because a server died, the error
+carries that server's last log lines.
 """
 
 from __future__ import annotations

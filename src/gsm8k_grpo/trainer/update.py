@@ -200,7 +200,8 @@ class Trainer:
             seq_tokens=sum(s.length for s in samples) * a.ppo_epochs,
         )
         if off_policy:
-            stats.update(offpolicy_weight_mean=bw_tok / max(all_tok, 1), offpolicy_capped_frac=capped_tok / max(all_tok, 1))
+            stats.update(offpolicy_weight_mean=bw_tok / max(all_tok, 1),
+                         offpolicy_capped_frac=capped_tok / max(all_tok, 1))
         return stats
 
     def _nonfinite_detail(self, loss_sum: float, bad_mb: MicroBatch | None) -> str:

@@ -125,5 +125,6 @@ def make_transport(kind: str, engine: Engine, base_model_dir: str | Path, run_di
     gpus = {g.index: g.uuid for g in visible_gpus()}
     server = [gpus[i] for i in getattr(engine, "gpu_ids", None) or [] if i in gpus]
     trainer = [gpus[torch.cuda.current_device()]] if torch.cuda.is_available() else []
-    return NCCLTransport(client, bucket_mb, server_ranks=getattr(engine, "server_ranks", tp_size), trainer_gpu_uuids=trainer,
+    ranks = getattr(engine, "server_ranks", tp_size)  # every rank of every server joins the group
+    return NCCLTransport(client, bucket_mb, server_ranks=ranks, trainer_gpu_uuids=trainer,
                          server_gpu_uuids=server, engine=engine)
