@@ -184,6 +184,19 @@ def test_transport_uses_detect_plan(smoke, tmp_path, monkeypatch):
     assert t.status == "fail" and "nccl needs 2 GPUs" in t.detail
 
 
+@pytest.mark.parametrize("parallel, text", [("dp", "2 SGLang servers, one per GPU"),
+                                            ("tp", "one SGLang server, tensor-parallel over 2 GPUs")])
+def test_transport_line_says_how_sglang_uses_several_gpus(tmp_path, monkeypatch, parallel, text):
+    from gsm8k_grpo.weights import detect
+
+    # four GPUs, as torch would list them (mocked: no GPU here)
+    monkeypatch.setattr(detect, "visible_gpus", lambda: [detect.GpuInfo(i, f"GPU-{i}", "H100", 80 << 30, (9, 0))
+                                                         for i in range(4)])
+    cfg = build_config(overrides=["rollout.engine=sglang", "rollout.gpus=2", f"rollout.parallel={parallel}"])
+    t = doctor.check_transport(doctor._Ctx(cfg=cfg, run_dir=tmp_path, quick=True))
+    assert t.status == "ok" and t.detail.startswith("nccl: trainer on GPUs 0,1, server on GPUs 2,3") and text in t.detail, t.detail
+
+
 def test_two_process_plumbing_with_gloo_and_shared_memory():
     # The GPU checks' spawn/collect code, exercised on CPU: gloo all-reduce and a tensor handed to a child.
     import torch

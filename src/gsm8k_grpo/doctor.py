@@ -699,6 +699,9 @@ def check_transport(ctx: _Ctx) -> Check:
     ctx.placement = p
     tg, sg = list(p.trainer_gpus), list(p.server_gpus)
     split = f"trainer on {_gpus_txt(tg)}, server on {_gpus_txt(sg)}" if len(gpus) else "all on CPU"
+    if len(sg) > 1:
+        split += (f" ({len(sg)} SGLang servers, one per GPU)" if c.rollout.parallel == "dp"
+                  else f" (one SGLang server, tensor-parallel over {len(sg)} GPUs)")
     return Check("transport", "ok", f"{p.transport}: {split} ({p.reason})")
 
 
