@@ -186,6 +186,40 @@ def test_recipe_with_sglang_engine_over_http(tmp_path, mode):
         assert all(r["time_generate"] >= 0.5 for r in recs)
 
 
+def test_overlapped_rollout_failure_ends_the_run_cleanly(tmp_path):
+    """With rollout.overlap the server dies during the second /generate, which runs in the
+    rollout thread while step 1 updates: the run stops with the server's own explanation, a
+    non-zero exit and no traceback, and step 1 is not logged as done."""
+    server = json.dumps([sys.executable, str(ROOT / "tests" / "fake_sglang.py"), "--die-after", "1"])
+    res = grpo("train", "--preset", "smoke", "--set", "rollout.engine=sglang", "--set", f"rollout.server_cmd={server}",
+               "--set", "weights.transport=disk", "--set", "rollout.max_new_tokens=4", "--set", "trainer.max_steps=3",
+               "--set", "rollout.server_timeout_s=60", "--set", "eval.at_end=false", "--set", "rollout.overlap=true",
+               cwd=tmp_path, timeout=180)
+    assert res.returncode != 0
+    assert "illegal memory access" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+    run = tmp_path / "runs" / "smoke" / "trial0"
+    assert not (run / "metrics.jsonl").exists() or read_metrics(run) == []
+
+
+def test_join_ahead_hands_over_the_batch_or_raises_the_rollouts_error():
+    from concurrent.futures import Future
+
+    from gsm8k_grpo.config import build_config
+    from gsm8k_grpo.rollout.base import EngineError
+    from gsm8k_grpo.trainer.recipe import Recipe
+
+    r = Recipe(build_config(preset="smoke", overrides=["rollout.overlap=true"]))
+    r.rank, r.world = 0, 1
+    ok: Future = Future()
+    ok.set_result(("samples", {"policy_lag": 1}))
+    r._join_ahead(ok)
+    assert r._pending == ("samples", {"policy_lag": 1})
+    bad: Future = Future()
+    bad.set_exception(EngineError("SGLang server exited with code 3"))
+    with pytest.raises(EngineError, match="exited with code 3"):
+        r._join_ahead(bad)
+
+
 def test_a_setting_added_since_the_checkpoint_is_no_change():
     """Resume compares configs with today's defaults filled into the saved one: a checkpoint written
     before optimizer.fused existed still resumes without --force; a removed key still shows."""
