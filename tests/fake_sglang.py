@@ -17,13 +17,15 @@ Like SGLang (``_set_envs_and_config``, entrypoints/engine.py:1582 in 0.5.17) the
 NCCL_CUMEM_ENABLE=0 unless it inherited the variable, and like NCCL it then refuses to pair with
 a trainer whose setting differs: the trainer's NCCL defaults to cuMem on, so an uninherited
 variable means a mismatch and /update_weights_from_distributed never joins the broadcast (the
-request hangs, as the real pair did on 2 GPUs). ``--stall-broadcast`` forces that stall. Before it
-is healthy it runs a world-size-1 tcp:// rendezvous, like SGLang's own distributed init.
-``--bracket`` adds SGLang 0.5.23's /begin_weight_update
-and /end_weight_update and refuses tensor/distributed updates outside them. ``--die-after N``
-exits abruptly on the (N+1)-th /generate. ``--generate-delay S`` makes each /generate take S
-seconds; a weight update that arrives meanwhile is logged (a batch would mix weight versions). GET /_state returns what was recorded (tests only).
-Unknown launcher flags are ignored, so the real launcher's extra arguments can be passed.
+request hangs, as the real pair did on 2 GPUs). ``--stall-broadcast`` forces that stall.
+
+Before it is healthy it runs a world-size-1 tcp:// rendezvous, like SGLang's own distributed init
+(which hangs under torchrun's inherited variables). ``--bracket`` adds SGLang 0.5.23's
+/begin_weight_update and /end_weight_update and refuses tensor/distributed updates outside them.
+``--die-after N`` exits abruptly on the (N+1)-th /generate. ``--generate-delay S`` makes each
+/generate take S seconds; a weight update that arrives meanwhile is logged (a batch would mix
+weight versions). GET /_state returns what was recorded (tests only). Unknown launcher flags are
+ignored, so the real launcher's extra arguments can be passed.
 
 Fake generation: sample j of prompt p yields tokens p[-1], 100 + j, 200, 201, 202, ... and
 logprob(token) = -token / 1000.
