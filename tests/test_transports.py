@@ -28,7 +28,7 @@ from gsm8k_grpo.rollout.base import EngineError, SamplingParams
 from gsm8k_grpo.rollout.sglang_engine import SGLangEngine
 from gsm8k_grpo.weights import disk as disk_mod
 from gsm8k_grpo.weights.base import TransportError, buckets
-from gsm8k_grpo.weights.detect import Placement, choose_transport, make_transport, plan
+from gsm8k_grpo.weights.detect import Placement, choose_transport, launch_plan, make_transport, plan
 from gsm8k_grpo.weights.disk import DiskTransport
 from gsm8k_grpo.weights.ipc import IPCTransport
 from gsm8k_grpo.weights.nccl import NCCLTransport
@@ -55,6 +55,39 @@ def test_plan_table(n, rollout, engine, transport, expected):
     assert (p.trainer_gpus, p.server_gpus, p.transport, p.engine) == (
         expected.trainer_gpus, expected.server_gpus, expected.transport, expected.engine)
     assert p.reason
+
+
+@pytest.mark.parametrize("n,rollout,ranks", [
+    (1, 1, 1),   # one GPU: trainer and SGLang share it, one process
+    (2, 1, 1),   # trainer on the first GPU, SGLang on the second: one process
+    (3, 1, 2),
+    (4, 1, 3),   # 3 torchrun ranks + SGLang on the fourth
+    (4, 2, 2),
+    (4, 0, 1),   # rollout.gpus=0 shares the first GPU; the others stay idle
+    (8, 1, 7),
+])
+def test_launch_plan_for_gpus_option(n, rollout, ranks):
+    visible = ["GPU-a", "GPU-b", "GPU-c", "GPU-d", "GPU-e", "GPU-f", "GPU-g", "GPU-h", "GPU-i"]
+    assert launch_plan(n, visible, rollout, "sglang", "auto") == (",".join(visible[:n]), ranks)  # the first N
+
+
+@pytest.mark.parametrize("args,match", [
+    ((3, ["0", "1"], 1, "sglang", "auto"), r"--gpus 3: only 2 GPU\(s\) visible"),
+    ((0, ["0"], 1, "sglang", "auto"), "give 1 or more"),
+    ((2, ["0", "1"], 2, "sglang", "auto"), "leave at least one GPU for the trainer"),
+    ((1, ["0"], 1, "sglang", "nccl"), "Duplicate GPU detected"),
+])
+def test_launch_plan_refuses(args, match):
+    with pytest.raises(ValueError, match=match):
+        launch_plan(*args)
+
+
+def test_torchrun_argv_drops_gpus_and_keeps_the_rest():
+    from gsm8k_grpo.cli import torchrun_argv
+
+    argv = torchrun_argv(["train", "--preset", "1hour", "--gpus", "4", "--set", "rollout.gpus=1", "--gpus=4"], 3)
+    assert argv[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "gsm8k_grpo",
+                        "train", "--preset", "1hour", "--set", "rollout.gpus=1"]
 
 
 def test_plan_without_ipc_falls_back_to_disk():

@@ -22,6 +22,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True)
 out = Console()
 
+GPUS_HELP = ("Use the first N GPUs: SGLang gets the last rollout.gpus of them, and every other one an FSDP "
+             "trainer rank (this starts torchrun itself).")
+
+
 EXPECTED = ("ConfigError", "DataError", "ModelError", "EngineError", "TransportError", "ResumeError", "EvalInputError")
 
 
@@ -80,6 +84,7 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config as YAML and exit."),
     restart: bool = typer.Option(False, "--restart", help="Move an existing run dir aside and start over."),
     force: bool = typer.Option(False, "--force", help="Resume even though the config changed."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help=GPUS_HELP),
 ) -> None:
     """Train with GRPO. A run dir that already has a checkpoint is resumed automatically."""
     from gsm8k_grpo.config import build_config, to_yaml
@@ -92,7 +97,49 @@ def train(
     if dry_run:
         typer.echo(to_yaml(cfg), nl=False)
         return
+    _on_gpus(gpus, cfg)
     _run_training(cfg, restart=restart, force=force)
+
+
+def torchrun_argv(argv: list[str], ranks: int) -> list[str]:
+    """The same grpo command under torchrun with `ranks` processes, --gpus left out."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--gpus":
+            skip = True
+        elif not a.startswith("--gpus="):
+            rest.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+            "-m", "gsm8k_grpo", *rest]
+
+
+def _on_gpus(gpus: Optional[int], cfg) -> None:
+    """--gpus N: restrict the run to the first N GPUs; with several trainer GPUs, re-run under torchrun."""
+    if gpus is None:
+        return
+    if "LOCAL_RANK" in os.environ:
+        _fail("--gpus starts torchrun itself: leave it out under torchrun (--nproc_per_node sets the trainer ranks)")
+
+    def decide():
+        from gsm8k_grpo.rollout import choose_engine
+        from gsm8k_grpo.weights.detect import launch_plan, visible_device_ids
+
+        try:
+            return launch_plan(gpus, visible_device_ids(), cfg.rollout.gpus, choose_engine(cfg.rollout.engine),
+                               cfg.weights.transport)
+        except ValueError as e:
+            _fail(str(e))
+
+    devices, ranks = _guard(decide)
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    if ranks > 1:
+        argv = torchrun_argv(sys.argv[1:], ranks)
+        err.print(f"--gpus {gpus}: CUDA_VISIBLE_DEVICES={devices}, {ranks} trainer ranks: {' '.join(argv[1:6])} …",
+                  markup=False, highlight=False)
+        sys.stdout.flush()
+        os.execv(sys.executable, argv)
 
 
 def _run_training(cfg, restart: bool = False, force: bool = False) -> None:
@@ -113,6 +160,7 @@ def resume(
     run_dir: Path = typer.Argument(..., help="RUN_DIR = output_dir/experiment_name/trial_name"),
     set_: list[str] = typer.Option([], "--set", "-s", help="Dotted override (e.g. trainer.max_steps=200)."),
     force: bool = typer.Option(False, "--force", help="Resume even though the config changed."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help=GPUS_HELP),
 ) -> None:
     """Continue a run from its latest checkpoint (also after a crash or kill -9)."""
 
@@ -133,6 +181,7 @@ def resume(
         return validate_config(data)
 
     cfg = _guard(load)
+    _on_gpus(gpus, cfg)
     _run_training(cfg, force=force)
 
 

@@ -10,6 +10,7 @@ N >= 2 GPUs -> SGLang gets the last ``rollout_gpus`` GPUs, the trainer the rest,
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,31 @@ def plan(n_gpus: int, rollout_gpus: int, engine: str, transport: str, ipc_ok: bo
     server = list(range(n_gpus - rollout_gpus, n_gpus))
     t = choose_transport(transport, [str(i) for i in trainer], [str(i) for i in server], ipc_ok)
     return Placement(trainer, server, t, f"trainer on GPUs {trainer}, SGLang on GPUs {server}; {t} sync")
+
+
+def visible_device_ids() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (indices when it is unset)."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [x.strip() for x in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if x.strip()][:n]
+    return [str(i) for i in range(n)]
+
+
+def launch_plan(gpus: int, visible: list[str], rollout_gpus: int, engine: str, transport: str) -> tuple[str, int]:
+    """`grpo train --gpus N` -> (CUDA_VISIBLE_DEVICES for the run, trainer processes).
+
+    The run gets the first N visible GPUs. plan() splits them as it will inside the run, and each
+    trainer GPU gets one torchrun rank (a single process when there is one)."""
+    if gpus < 1:
+        raise ValueError(f"--gpus {gpus}: give 1 or more")
+    if gpus > len(visible):
+        raise ValueError(f"--gpus {gpus}: only {len(visible)} GPU(s) visible"
+                         + (f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})"
+                            if "CUDA_VISIBLE_DEVICES" in os.environ else ""))
+    p = plan(gpus, rollout_gpus, engine, transport)
+    return ",".join(visible[:gpus]), len(p.trainer_gpus)
 
 
 def make_transport(kind: str, engine: Engine, base_model_dir: str | Path, run_dir: str | Path, bucket_mb: int,
