@@ -82,12 +82,13 @@ def test_launch_plan_refuses(args, match):
         launch_plan(*args)
 
 
-def test_torchrun_argv_drops_gpus_and_keeps_the_rest():
-    from gsm8k_grpo.cli import torchrun_argv
+def test_relaunch_argv_drops_gpus_and_keeps_the_rest():
+    from gsm8k_grpo.cli import relaunch_argv
 
-    argv = torchrun_argv(["train", "--preset", "1hour", "--gpus", "4", "--set", "rollout.gpus=1", "--gpus=4"], 3)
-    assert argv[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "gsm8k_grpo",
-                        "train", "--preset", "1hour", "--set", "rollout.gpus=1"]
+    args = ["train", "--preset", "1hour", "--gpus", "4", "--set", "rollout.gpus=1", "--gpus=4"]
+    assert relaunch_argv(args, 3)[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+                                          "-m", "gsm8k_grpo", "train", "--preset", "1hour", "--set", "rollout.gpus=1"]
+    assert relaunch_argv(args, 1)[1:] == ["-m", "gsm8k_grpo", "train", "--preset", "1hour", "--set", "rollout.gpus=1"]
 
 
 def test_plan_without_ipc_falls_back_to_disk():

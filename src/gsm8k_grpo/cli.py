@@ -101,8 +101,8 @@ def train(
     _run_training(cfg, restart=restart, force=force)
 
 
-def torchrun_argv(argv: list[str], ranks: int) -> list[str]:
-    """The same grpo command under torchrun with `ranks` processes, --gpus left out."""
+def relaunch_argv(argv: list[str], ranks: int) -> list[str]:
+    """The same grpo command without --gpus: under torchrun with `ranks` processes when ranks > 1."""
     rest, skip = [], False
     for a in argv:
         if skip:
@@ -111,12 +111,14 @@ def torchrun_argv(argv: list[str], ranks: int) -> list[str]:
             skip = True
         elif not a.startswith("--gpus="):
             rest.append(a)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-            "-m", "gsm8k_grpo", *rest]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
+    return [sys.executable, *launcher, "-m", "gsm8k_grpo", *rest]
 
 
 def _on_gpus(gpus: Optional[int], cfg) -> None:
-    """--gpus N: restrict the run to the first N GPUs; with several trainer GPUs, re-run under torchrun."""
+    """--gpus N: re-run the command on the first N GPUs (CUDA_VISIBLE_DEVICES), under torchrun when
+    several of them train. A re-run, because CUDA reads CUDA_VISIBLE_DEVICES once per process and
+    counting the GPUs here has already read it."""
     if gpus is None:
         return
     if "LOCAL_RANK" in os.environ:
@@ -126,20 +128,24 @@ def _on_gpus(gpus: Optional[int], cfg) -> None:
         from gsm8k_grpo.rollout import choose_engine
         from gsm8k_grpo.weights.detect import launch_plan, visible_device_ids
 
+        visible = visible_device_ids()
         try:
-            return launch_plan(gpus, visible_device_ids(), cfg.rollout.gpus, choose_engine(cfg.rollout.engine),
-                               cfg.weights.transport)
+            devices, ranks = launch_plan(gpus, visible, cfg.rollout.gpus, choose_engine(cfg.rollout.engine),
+                                         cfg.weights.transport)
         except ValueError as e:
             _fail(str(e))
+        return devices, ranks, devices == ",".join(visible)
 
-    devices, ranks = _guard(decide)
+    devices, ranks, unchanged = _guard(decide)
+    if ranks == 1 and unchanged:
+        return  # this process already sees exactly these GPUs
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
-    if ranks > 1:
-        argv = torchrun_argv(sys.argv[1:], ranks)
-        err.print(f"--gpus {gpus}: CUDA_VISIBLE_DEVICES={devices}, {ranks} trainer ranks: {' '.join(argv[1:6])} …",
-                  markup=False, highlight=False)
-        sys.stdout.flush()
-        os.execv(sys.executable, argv)
+    argv = relaunch_argv(sys.argv[1:], ranks)
+    err.print(f"--gpus {gpus}: CUDA_VISIBLE_DEVICES={devices}, {ranks} trainer process(es): "
+              f"{' '.join(argv[1:6] if ranks > 1 else argv[1:3])} …", markup=False, highlight=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def _run_training(cfg, restart: bool = False, force: bool = False) -> None:
