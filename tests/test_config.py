@@ -95,6 +95,11 @@ def test_bad_input_one_line_exit_2(args, fragment):
     assert fragment in line
 
 
+def test_gpus_option_is_refused_under_torchrun():
+    line = _one_line_exit2(grpo("train", "--preset", "smoke", "--gpus", "2", env={"LOCAL_RANK": "0"}))
+    assert "--gpus starts torchrun itself" in line
+
+
 def test_malformed_yaml_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("rollout:\n  n: [1, 2\n")
