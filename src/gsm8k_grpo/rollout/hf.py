@@ -13,6 +13,7 @@ import torch
 
 from gsm8k_grpo.modeling import load_causal_lm
 from gsm8k_grpo.rollout.base import Completion, EngineError, SamplingParams
+from gsm8k_grpo.trainer.fsdp import chunk_logprobs
 
 
 class HFEngine:
@@ -82,10 +83,8 @@ class HFEngine:
         h = hidden[:, width - 1:-1].reshape(-1, hidden.shape[-1])    # [b * t, H]: position predicts the next
         tgt = new.reshape(-1).to(self.device)
         head = self.model.get_output_embeddings()
-        out = []
-        for i in range(0, h.shape[0], chunk):
-            logits = head(h[i:i + chunk]).float() / temperature
-            out.append(logits.gather(-1, tgt[i:i + chunk, None]).squeeze(-1) - torch.logsumexp(logits, -1))
+        out = [chunk_logprobs(h[i:i + chunk], head.weight, head.bias, tgt[i:i + chunk], temperature, False)[0]
+               for i in range(0, h.shape[0], chunk)]
         return torch.cat(out).view(b, -1).cpu()
 
     # ------------------------------------------------------------------ weights

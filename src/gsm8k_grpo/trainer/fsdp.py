@@ -45,9 +45,11 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _chunk_forward(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
+def chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
                    temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log p(target), entropy (empty unless asked; no grad), log-sum-exp) for a chunk of positions."""
+    """(log p(target), entropy (empty unless asked; no grad), log-sum-exp) for a chunk of positions.
+
+    The one definition of a token's log-prob: the trainer's head and the HF engine both use it."""
     logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature   # [c, V]
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
@@ -59,8 +61,8 @@ def _chunk_forward(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: to
 
 
 def _logprob_chunk(*args) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(target) and entropy for a chunk (the arguments of _chunk_forward), plain autograd."""
-    return _chunk_forward(*args)[:2]
+    """log p(target) and entropy for a chunk (the arguments of chunk_logprobs), plain autograd."""
+    return chunk_logprobs(*args)[:2]
 
 
 class ChunkLogprob(torch.autograd.Function):
@@ -72,7 +74,7 @@ class ChunkLogprob(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy):
-        logp, ent, lse = _chunk_forward(hidden, weight, bias, targets, temperature, with_entropy)
+        logp, ent, lse = chunk_logprobs(hidden, weight, bias, targets, temperature, with_entropy)
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.temperature = temperature
         ctx.mark_non_differentiable(ent)
