@@ -52,6 +52,16 @@ def comparable_config(saved: dict) -> dict:
         return saved
 
 
+def raise_on_every_rank(err: Exception | None, world: int, bcast, kind: type[Exception], what: str) -> None:
+    """Collective: rank 0's error (None elsewhere, or when all went well) reaches every rank. Rank 0
+    re-raises its own; the others raise kind(f"{what} failed: ..."), so none is left waiting."""
+    msg = bcast(None if err is None else f"{type(err).__name__}: {err}") if world > 1 else None
+    if err is not None:
+        raise err
+    if msg is not None:
+        raise kind(f"{what} failed: {msg}")
+
+
 def push_collectively(push, tensors, version: int, world: int, bcast) -> None:
     """Rank 0 pushes `tensors` (a generator whose every item is a collective all-gather); the
     other ranks (push None) only iterate it. When rank 0's push fails half-way, rank 0 still drains
@@ -66,12 +76,7 @@ def push_collectively(push, tensors, version: int, world: int, bcast) -> None:
     if push is None or (err is not None and world > 1):
         for _ in tensors:  # the remaining all-gathers
             pass
-    if world > 1:
-        msg = bcast(f"{type(err).__name__}: {err}" if err is not None else None)
-        if msg is not None and err is None:
-            raise TransportError(f"the weight push on rank 0 failed: {msg}")
-    if err is not None:
-        raise err
+    raise_on_every_rank(err, world, bcast, TransportError, "the weight push on rank 0")
 
 
 class ResumeError(Exception):
@@ -395,11 +400,7 @@ class Recipe:
                 self._pending = ahead.result()
             except Exception as e:  # noqa: BLE001  (re-raised below, after the other ranks are told)
                 err = e
-        failed = self._bcast(None if err is None else f"{type(err).__name__}: {err}")
-        if err is not None:
-            raise err
-        if failed:
-            raise EngineError(f"rank 0's overlapped rollout failed: {failed}")
+        raise_on_every_rank(err, self.world, self._bcast, EngineError, "rank 0's overlapped rollout")
 
     def _push(self, version: int) -> float:
         t0 = time.time()
