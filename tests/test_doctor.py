@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from gsm8k_grpo import doctor
+from gsm8k_grpo import doctor, memory
 from gsm8k_grpo.config import build_config
 
 SENTINEL = "sk-doctor-test-SENTINEL-0123456789abcdef"
@@ -141,7 +141,7 @@ def test_param_estimate_matches_qwen_05b():
     from gsm8k_grpo import assets
 
     cfg = json.loads((Path(assets.resolve("builtin:qwen2.5-0.5b-instruct")) / "config.json").read_text())
-    n = doctor.estimate_params(cfg)
+    n = memory.estimate_params(cfg)
     assert abs(n - 494_032_768) / 494_032_768 < 0.01  # Qwen2.5-0.5B-Instruct: 494M with tied embeddings
 
 

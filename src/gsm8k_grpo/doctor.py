@@ -27,7 +27,6 @@ from typing import Any, Callable, Literal
 
 from gsm8k_grpo import memory
 from gsm8k_grpo.config import RunConfig
-from gsm8k_grpo.memory import estimate_params  # noqa: F401  (doctor.estimate_params, kept for callers)
 
 Status = Literal["ok", "warn", "fail"]
 
