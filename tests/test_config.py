@@ -89,6 +89,7 @@ def _one_line_exit2(res):
     (["train", "--preset", "fast", "--set", "a.b=[1,", "--dry-run"], "not valid YAML"),
     (["train", "--preset", "smoke", "--gpus", "2"], "--gpus 2: only 0 GPU(s) visible"),  # this machine has none
     (["train", "--preset", "smoke", "--gpus", "0"], "--gpus 0: give 1 or more"),
+    (["train", "--preset", "smoke", "--set", "rollout.parallel=xx", "--dry-run"], "'rollout.parallel': Input should be"),
 ])
 def test_bad_input_one_line_exit_2(args, fragment):
     line = _one_line_exit2(grpo(*args))
