@@ -6,6 +6,8 @@ return_logprob) go to
   ours   SGLangEngine.generate (our client: split requests, parse, regroup, version check),
   hf     our in-process HF engine (bf16 on the same GPU; after the server is stopped),
 and the median of --repeats timed runs after --warmup runs is reported (tokens/s and seconds).
+bare and ours alternate run by run (bare, ours, bare, ours, ...), so a drift of the card over the
+minutes a large shape takes (clocks, heat) hits both alike; on 2026-11-27 all bare runs came first.
 
     PYTHONPATH=src python bench/generate_bench.py --out $OUT/generate.json [--shapes 8x2x256,8x8x512,64x8x512]
 """
@@ -30,18 +32,25 @@ def log(*a):
     print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
 
-def timed(fn, warmup: int, repeats: int) -> dict:
+def timed(fns: dict, warmup: int, repeats: int) -> dict:
+    """name -> zero-arg call returning tokens; the calls alternate run by run. -> name -> stats."""
     for _ in range(warmup):
-        fn()
-    secs, toks = [], []
+        for fn in fns.values():
+            fn()
+    secs: dict = {k: [] for k in fns}
+    toks: dict = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        n = fn()
-        secs.append(time.perf_counter() - t)
-        toks.append(n)
-    med = statistics.median(secs)
-    return {"median_s": med, "min_s": min(secs), "max_s": max(secs), "tokens": statistics.median(toks),
-            "tok_per_s": statistics.median(toks) / med}
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            n = fn()
+            secs[k].append(time.perf_counter() - t)
+            toks[k].append(n)
+    out = {}
+    for k in fns:
+        med = statistics.median(secs[k])
+        out[k] = {"median_s": med, "min_s": min(secs[k]), "max_s": max(secs[k]),
+                  "tokens": statistics.median(toks[k]), "tok_per_s": statistics.median(toks[k]) / med}
+    return out
 
 
 def main() -> None:
@@ -80,9 +89,10 @@ def main() -> None:
                 return sum(len(c.token_ids) for grp in engine.generate(ids, params) for c in grp)
 
             name = f"{b}x{g}x{m}"
-            row = {"bare": timed(bare, args.warmup, args.repeats), "ours": timed(ours, args.warmup, args.repeats)}
+            row = timed({"bare": bare, "ours": ours}, args.warmup, args.repeats)
             row["ours_over_bare_throughput"] = row["ours"]["tok_per_s"] / row["bare"]["tok_per_s"]
             result["shapes"][name] = row
+            Path(args.out).write_text(json.dumps(result, indent=1))  # each row as it comes: a timeout keeps it
             log(f"{name}: bare {row['bare']['median_s']:.2f}s {row['bare']['tok_per_s']:.0f} tok/s | ours "
                 f"{row['ours']['median_s']:.2f}s {row['ours']['tok_per_s']:.0f} tok/s | "
                 f"ratio {row['ours_over_bare_throughput']:.3f}")
@@ -96,10 +106,11 @@ def main() -> None:
         b, g, m = (int(x) for x in spec.split("x"))
         ids = [prompts.encode(tok, p.question, cfg.data.instruction) for p in pool[:b]]
         params = SamplingParams(n=g, temperature=1.0, top_p=1.0, max_new_tokens=m, stop_token_ids=stop)
-        row = timed(lambda: sum(len(c.token_ids) for grp in hf.generate(ids, params) for c in grp), 1, 3)
+        row = timed({"hf": lambda: sum(len(c.token_ids) for grp in hf.generate(ids, params) for c in grp)},
+                    1, 3)["hf"]
         result["shapes"].setdefault(spec, {})["hf"] = row
+        Path(args.out).write_text(json.dumps(result, indent=1))
         log(f"{spec}: hf engine {row['median_s']:.2f}s {row['tok_per_s']:.0f} tok/s")
-    Path(args.out).write_text(json.dumps(result, indent=1))
     log("wrote", args.out)
 
 
