@@ -1,5 +1,5 @@
 """End-to-end training on CPU through the real CLI: smoke run artefacts, the learnable toy task,
-and exact resume after a real SIGKILL."""
+exact resume after a real SIGKILL, and a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -105,6 +105,33 @@ def test_exact_resume_after_kill(tmp_path, overlap):
         assert a["reward_mean"] == b["reward_mean"], (a["step"], a["reward_mean"], b["reward_mean"])
         assert abs(a["loss"] - b["loss"]) <= 1e-5, (a["step"], a["loss"], b["loss"])
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * max(1.0, a["grad_norm"])
+
+
+def test_sigterm_stops_with_one_line_and_resumes(tmp_path):
+    """SIGTERM (a scheduler, `timeout`): exit 143, one line saying how to resume, no traceback, and
+    the run resumes from its last checkpoint. (The SGLang child's reaping on SIGTERM is
+    test_sglang_engine.test_parent_killed_leaves_no_orphan; this run uses the in-process engine.)"""
+    cfg = write_toy(tmp_path, **{"trainer.max_steps": 500, "checkpoint.every": 1, "checkpoint.keep_last": 2,
+                                 "rollout.max_new_tokens": 12})
+    run = tmp_path / "runs" / "toy" / "trial0"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gsm8k_grpo", "train", "--config", str(cfg)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pointer = run / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pointer.is_file() and int(pointer.read_text().strip()[5:]) >= 2):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "terminated (SIGTERM)" in stderr and "grpo resume" in stderr
+    assert "Traceback" not in stderr
+    saved = int(pointer.read_text().strip()[5:])
+    assert 2 <= saved < 500
+    res = grpo("resume", str(run), "--set", f"trainer.max_steps={saved + 2}", timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, saved + 3))
 
 
 def test_second_train_resumes_and_changed_config_is_refused(tmp_path):

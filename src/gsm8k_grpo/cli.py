@@ -2,13 +2,16 @@
 the command that needs them, so `grpo --help` and `grpo --version` answer at once.
 
 Every expected failure (bad config, missing file, engine that will not start) is one red line and
-exit code 2; Ctrl-C is exit code 130 after the engine's child process is reaped.
+exit code 2; Ctrl-C is exit code 130 and SIGTERM (a scheduler, `timeout`, `kill`) exit code 143 of
+train/resume, each after the engine's child processes are reaped.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -37,8 +40,19 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+class Terminated(SystemExit):
+    """Raised in the main thread by SIGTERM during train/resume, so the run unwinds as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    server = sys.modules.get("gsm8k_grpo.rollout.server")  # loaded only when a server was started
+    if server is not None:
+        server.stop_all()  # first: the servers must go even if the unwinding below stalls
+    raise Terminated(128 + signum)
+
+
 def _guard(fn):
-    """Run fn(); expected errors -> one line + exit 2; Ctrl-C -> exit 130."""
+    """Run fn(); expected errors -> one line + exit 2; Ctrl-C -> exit 130; SIGTERM -> exit 143."""
     try:
         return fn()
     except typer.Exit:
@@ -46,6 +60,9 @@ def _guard(fn):
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: the engine was stopped; resume with `grpo resume RUN_DIR`")
         raise typer.Exit(130)
+    except Terminated as e:
+        err.print("[yellow]terminated[/] (SIGTERM): the engine was stopped; resume with `grpo resume RUN_DIR`")
+        raise typer.Exit(e.code)
     except Exception as e:
         if type(e).__name__ in EXPECTED or isinstance(e, (FileNotFoundError, NotADirectoryError)):
             _fail(str(e))
@@ -150,6 +167,8 @@ def _on_gpus(gpus: Optional[int], cfg) -> None:
 
 def _run_training(cfg, restart: bool = False, force: bool = False) -> None:
     _quiet_libraries()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
     def go():
         from gsm8k_grpo.trainer.recipe import run

@@ -103,7 +103,8 @@ def sglang_installed(python: str) -> bool:
         return False
 
 
-def _kill_all() -> None:
+def stop_all() -> None:
+    """Stop every live server of this process (atexit, SIGTERM handlers; safe to call twice)."""
     with _LIVE_LOCK:
         servers = list(_LIVE)
     for s in servers:
@@ -111,7 +112,7 @@ def _kill_all() -> None:
 
 
 def _on_sigterm(signum, frame) -> None:
-    _kill_all()
+    stop_all()
     raise SystemExit(128 + signum)
 
 
@@ -121,7 +122,7 @@ def _install_hooks() -> None:
     if _HOOKS_INSTALLED:
         return
     _HOOKS_INSTALLED = True
-    atexit.register(_kill_all)
+    atexit.register(stop_all)
     # SIGINT already raises KeyboardInterrupt, which unwinds through stop()/atexit.
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
