@@ -11,6 +11,8 @@
 #   saver    rollout.enable_memory_saver=true (SGLang releases its memory during the update)
 #   overlap  rollout.overlap=true (the next batch is generated during the update)
 #   noreuse  trainer.reuse_old_logprobs=false (a separate old-logprob pass)
+#   idle     SGLang's --sleep-on-idle (its idle scheduler otherwise spins one CPU thread at 100 %; the
+#            update is launch-bound, bench/results/2026-11-27-h100-variants.md, so CPU may matter)
 # A variant is started only while BUDGET (default 540) seconds minus MIN_LEFT (default 150) remain.
 # Returns 3 files: $OUT/variants.json (medians per variant, bench/summarize.py), $OUT/variants.tgz
 # (each variant's metrics.jsonl, the tail of its train log and of its SGLang log), $OUT/variants.log.
@@ -26,6 +28,7 @@ declare -A SETS=(
   [saver]="rollout.enable_memory_saver=true"
   [overlap]="rollout.overlap=true"
   [noreuse]="trainer.reuse_old_logprobs=false"
+  [idle]="rollout.server_args=[--attention-backend,triton,--sampling-backend,pytorch,--grammar-backend,none,--sleep-on-idle]"
 )
 for V in ${VARIANTS:-base fit24 saver overlap}; do
   if [ -z "${SETS[$V]+x}" ]; then echo "unknown variant $V (valid: ${!SETS[*]})"; continue; fi
