@@ -138,19 +138,17 @@ def test_parent_killed_leaves_no_orphan(tmp_path, sig):
         parent.wait()
 
 
-def test_cli_sigterm_handler_stops_servers_first(tmp_path):
-    """`grpo train` installs its own SIGTERM handler (one line, exit 143; tests/test_train.py), which
-    takes the place of the server module's: it must still stop every live server before unwinding."""
-    from gsm8k_grpo import cli
-
+def test_sigterm_handler_stops_servers_first(tmp_path):
+    """The one SIGTERM handler (`grpo train` installs it up front, for its one-line exit 143 in
+    tests/test_train.py) stops every live server before it unwinds the program."""
     srv = SGLangServer("m", mem_fraction=0.5, extra_args=[], log_path=tmp_path / "s.log", timeout_s=20,
                        launch_cmd=fake_cmd(), stop_grace_s=5)
     srv.start()
     pid = srv.pid
     try:
         assert alive(pid)
-        with pytest.raises(cli.Terminated) as e:
-            cli._on_sigterm(signal.SIGTERM, None)
+        with pytest.raises(server_mod.Terminated) as e:
+            server_mod.on_sigterm(signal.SIGTERM, None)
         assert e.value.code == 143 and srv.proc is None and not alive(pid)
     finally:
         srv.stop()

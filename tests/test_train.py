@@ -125,7 +125,7 @@ def test_sigterm_stops_with_one_line_and_resumes(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr[-3000:]
-    assert "terminated (SIGTERM)" in stderr and "grpo resume" in stderr
+    assert "terminated (SIGTERM)" in stderr and "grpo resume RUN_DIR" in stderr
     assert "Traceback" not in stderr
     saved = int(pointer.read_text().strip()[5:])
     assert 2 <= saved < 500

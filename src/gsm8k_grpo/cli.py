@@ -40,17 +40,6 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-class Terminated(SystemExit):
-    """Raised in the main thread by SIGTERM during train/resume, so the run unwinds as on Ctrl-C."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    server = sys.modules.get("gsm8k_grpo.rollout.server")  # loaded only when a server was started
-    if server is not None:
-        server.stop_all()  # first: the servers must go even if the unwinding below stalls
-    raise Terminated(128 + signum)
-
-
 def _guard(fn):
     """Run fn(); expected errors -> one line + exit 2; Ctrl-C -> exit 130; SIGTERM -> exit 143."""
     try:
@@ -58,10 +47,13 @@ def _guard(fn):
     except typer.Exit:
         raise
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: the engine was stopped; resume with `grpo resume RUN_DIR`")
+        err.print("[yellow]interrupted[/]: the engine was stopped; resume with `grpo resume RUN_DIR`", soft_wrap=True)
         raise typer.Exit(130)
-    except Terminated as e:
-        err.print("[yellow]terminated[/] (SIGTERM): the engine was stopped; resume with `grpo resume RUN_DIR`")
+    except SystemExit as e:
+        if type(e).__name__ != "Terminated":  # rollout.server.Terminated, without importing it here
+            raise
+        err.print("[yellow]terminated[/] (SIGTERM): the engine was stopped; a training run resumes with "
+                  "`grpo resume RUN_DIR`", soft_wrap=True)
         raise typer.Exit(e.code)
     except Exception as e:
         if type(e).__name__ in EXPECTED or isinstance(e, (FileNotFoundError, NotADirectoryError)):
@@ -167,8 +159,10 @@ def _on_gpus(gpus: Optional[int], cfg) -> None:
 
 def _run_training(cfg, restart: bool = False, force: bool = False) -> None:
     _quiet_libraries()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    if threading.current_thread() is threading.main_thread():  # also with the in-process engine
+        from gsm8k_grpo.rollout.server import on_sigterm
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def go():
         from gsm8k_grpo.trainer.recipe import run

@@ -111,9 +111,15 @@ def stop_all() -> None:
         s.stop(grace_s=5.0)
 
 
-def _on_sigterm(signum, frame) -> None:
-    stop_all()
-    raise SystemExit(128 + signum)
+class Terminated(SystemExit):
+    """SIGTERM arrived (a scheduler, `timeout`, `kill`): the servers are stopped and the program
+    unwinds like on Ctrl-C, with exit code 128 + 15; `grpo` turns it into one line."""
+
+
+def on_sigterm(signum, frame) -> None:
+    """The SIGTERM handler: `grpo train` installs it up front, anything else when a server starts."""
+    stop_all()  # first: the servers must go even if the unwinding stalls
+    raise Terminated(128 + signum)
 
 
 def _install_hooks() -> None:
@@ -125,7 +131,7 @@ def _install_hooks() -> None:
     atexit.register(stop_all)
     # SIGINT already raises KeyboardInterrupt, which unwinds through stop()/atexit.
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _child_cuda_devices(gpu_ids: list[int]) -> str:
