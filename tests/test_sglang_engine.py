@@ -123,7 +123,10 @@ def test_parent_killed_leaves_no_orphan(tmp_path, sig):
         time.sleep(60)
     """)
     env = {**os.environ, "PYTHONPATH": SRC}
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    # SIGINT back to default first: a suite run as a background job (`nohup … &`) inherits it ignored,
+    # and Python then never raises KeyboardInterrupt (seen on 2026-11-27: the SIGINT case timed out)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         child = int(parent.stdout.readline())
         assert alive(child)
