@@ -107,6 +107,26 @@ def test_exact_resume_after_kill(tmp_path, overlap):
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * max(1.0, a["grad_norm"])
 
 
+def test_kill_between_checkpoint_and_its_metrics_line(tmp_path):
+    """The checkpoint of step N is written before step N's metrics line (the line holds the save's
+    time). A kill in between left step N missing from metrics.jsonl forever (CI, 2026-11-27:
+    test_exact_resume_after_kill[True] resumed to steps 1, 2, 4, ...). The checkpoint now keeps the
+    record, and the resume writes it back. The kill is reproduced by deleting that line."""
+    cfg = write_toy(tmp_path, **{"trainer.max_steps": 3, "checkpoint.every": 1, "rollout.max_new_tokens": 8})
+    assert grpo("train", "--config", str(cfg), timeout=120).returncode == 0
+    run = tmp_path / "runs" / "toy" / "trial0"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lost = json.loads(lines[-1])
+    assert lost["step"] == 3
+    (run / "metrics.jsonl").write_text("".join(x + "\n" for x in lines[:-1]))
+    res = grpo("resume", str(run), "--set", "trainer.max_steps=4", timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = read_metrics(run)
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    back = {k: v for k, v in got[2].items() if k != "time_save"}
+    assert back == {k: v for k, v in lost.items() if k != "time_save"}
+
+
 def test_sigterm_stops_with_one_line_and_resumes(tmp_path):
     """SIGTERM (a scheduler, `timeout`): exit 143, one line saying how to resume, no traceback, and
     the run resumes from its last checkpoint. (The SGLang child's reaping on SIGTERM is

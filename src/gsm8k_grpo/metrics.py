@@ -54,27 +54,31 @@ def close_logging() -> None:
             log.removeHandler(h)
 
 
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop records after last_step (a resumed run rewrites the steps after its checkpoint)."""
+def truncate_jsonl(path: Path, last_step: int) -> int:
+    """Drop records after last_step (a resumed run rewrites the steps after its checkpoint).
+    -> the step of the last record kept (0 if none)."""
     if not path.is_file():
-        return
-    keep = []
+        return 0
+    keep, kept_step = [], 0
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) <= last_step:
-                keep.append(line)
+            step = json.loads(line).get("step", 0)
         except json.JSONDecodeError:
             break  # a line cut by a kill: drop it and everything after
+        if step <= last_step:
+            keep.append(line)
+            kept_step = max(kept_step, step)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(k + "\n" for k in keep))
     os.replace(tmp, path)
+    return kept_step
 
 
 class Metrics:
     def __init__(self, run_dir: Path, run_name: str, config: dict, mode: str, project: str,
                  entity: str | None, wandb_id: str | None, resume_step: int, total_steps: int):
         self.path = Path(run_dir) / "metrics.jsonl"
-        truncate_jsonl(self.path, resume_step)
+        self.last_logged_step = truncate_jsonl(self.path, resume_step)
         self.total = total_steps
         self.t0 = time.time()
         self.first_step = resume_step

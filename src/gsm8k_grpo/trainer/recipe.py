@@ -164,6 +164,8 @@ class Recipe:
             self.metrics = M.Metrics(self.run_dir, f"{cfg.experiment_name}/{cfg.trial_name}", cfg.model_dump(mode="json"),
                                      cfg.logging.wandb, cfg.logging.project, cfg.logging.entity,
                                      state.get("wandb_id"), self.start_step, self.total_steps)
+            if self.metrics.last_logged_step < self.start_step and state.get("record"):
+                self.metrics.log(self.start_step, state["record"])  # killed between the save and its log line
         if self.start_step > 0:  # the engine starts from the base weights: bring it to the checkpoint's
             self._push(self.start_step)
         started = getattr(self.engine, "startup_s", None)
@@ -278,11 +280,11 @@ class Recipe:
             if self.cfg.eval.every and step % self.cfg.eval.every == 0 and step < self.total_steps:
                 record.update(self.evaluate())
             if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0 and step < self.total_steps:
-                record["time_save"], last_ckpt = self.save_checkpoint(step)
+                record["time_save"], last_ckpt = self.save_checkpoint(step, record)
             if step == self.total_steps:
                 if self.cfg.eval.at_end and self.eval_set:
                     record.update(self.evaluate())
-                record["time_save"], last_ckpt = self.save_checkpoint(step)
+                record["time_save"], last_ckpt = self.save_checkpoint(step, record)
             if self.rank == 0:
                 self.metrics.log(step, record)
                 if step % self.cfg.logging.console_every == 0 or step == self.total_steps:
@@ -425,7 +427,9 @@ class Recipe:
         return {"eval_accuracy": s["strict_accuracy"], "eval_accuracy_lenient": s["lenient_accuracy"],
                 "eval_response_len": s["mean_response_tokens"], "time_eval": s["seconds"]}
 
-    def save_checkpoint(self, step: int) -> tuple[float, Path]:
+    def save_checkpoint(self, step: int, record: dict | None = None) -> tuple[float, Path]:
+        """-> (seconds, dir). The state keeps the step's metrics record (all but time_save): a kill
+        after the save but before the record reaches metrics.jsonl must not lose the step's line."""
         t0 = time.time()
         pending = None
         if self._pending is not None:  # rollout.overlap: the next step's batch, already generated
@@ -433,7 +437,8 @@ class Recipe:
             pending = {"samples": [dataclasses.asdict(s) for s in samples], "info": info}
         state = {"config": self.requested_cfg.model_dump(mode="json"), "pending_rollout": pending,
                  "data_cursor": {"step": step, "seed": self.cfg.data.seed, "pool": len(self.pool)},
-                 "wandb_id": getattr(self.metrics, "wandb_id", None), "base_model": self.model_dir}
+                 "wandb_id": getattr(self.metrics, "wandb_id", None), "base_model": self.model_dir,
+                 "record": record}
         dt = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(self.cfg.checkpoint.save_dtype,
                                                                  self.trainer.compute_dtype)
         path = C.save(self.run_dir, step, self.trainer, self.model_dir, state, self.cfg.checkpoint.keep_last, dt)
