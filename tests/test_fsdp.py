@@ -136,6 +136,9 @@ def test_nonfinite_loss_skips_the_optimizer_step(tiny_model_dir, tmp_path):
         # the log line says where: the loss, which grads, and the micro-batch with the NaN advantage
         d = stats["nonfinite_detail"]
         assert d.startswith("loss nan; non-finite grads in ") and "first non-finite micro-batch" in d
+        # every grad is NaN here: the run starts at the embedding and ends at the last parameter
+        names = [n.removeprefix("hf.") for n, _ in tr.model.named_parameters()]
+        assert f"first {names[0]}" in d and f"last {names[-1]}; a contiguous run" in d
         assert "nan" in d.split("advantages")[1]
         for n, t in tr.named_tensors():
             assert torch.equal(t, before[n])

@@ -206,11 +206,16 @@ class Trainer:
 
     def _nonfinite_detail(self, loss_sum: float, bad_mb: MicroBatch | None) -> str:
         """One line for the log: where a skipped optimizer step went non-finite (this rank's view)."""
-        bad = [n.removeprefix("hf.") for n, q in self.model.named_parameters() if q.grad is not None
-               and not bool(torch.isfinite(q.grad.to_local() if hasattr(q.grad, "to_local") else q.grad).all())]
+        named = [(i, n.removeprefix("hf.")) for i, (n, q) in enumerate(self.model.named_parameters())
+                 if q.grad is not None
+                 and not bool(torch.isfinite(q.grad.to_local() if hasattr(q.grad, "to_local") else q.grad).all())]
+        bad = [n for _, n in named]
         s = f"loss {loss_sum:.4g}; non-finite grads in {len(bad)} tensor(s)"
         if bad:
-            s += f" (first {', '.join(bad[:3])})"
+            # backward runs from the output down: the last bad tensor in parameter order is nearest where
+            # the non-finite values were born (a contiguous run from the embedding = born there, flowed down)
+            run = "a contiguous run" if named[-1][0] - named[0][0] == len(named) - 1 else "not contiguous"
+            s += f" (first {', '.join(bad[:3])}; last {bad[-1]}; {run} in parameter order)"
         if bad_mb is not None:
             s += (f"; first non-finite micro-batch: {len(bad_mb.index)} samples, completion tokens "
                   f"{bad_mb.seq_lens.tolist()[:8]}, advantages {bad_mb.advantages.unique().tolist()[:4]}")
