@@ -212,8 +212,8 @@ class Trainer:
         bad = [n for _, n in named]
         s = f"loss {loss_sum:.4g}; non-finite grads in {len(bad)} tensor(s)"
         if bad:
-            # backward runs from the output down: the last bad tensor in parameter order is nearest where
-            # the non-finite values were born (a contiguous run from the embedding = born there, flowed down)
+            # backward runs from the output down, so the last bad tensor in parameter order is the one
+            # nearest where the non-finite values were born; a contiguous run means they flowed down from it
             run = "a contiguous run" if named[-1][0] - named[0][0] == len(named) - 1 else "not contiguous"
             s += f" (first {', '.join(bad[:3])}; last {bad[-1]}; {run} in parameter order)"
         if bad_mb is not None:
