@@ -15,8 +15,8 @@ as plain autograd under activation checkpointing, trainer.logprob_impl=checkpoin
 before 2026-11-27's second session), fused (optimizer.fused=true), micro32k (micro_batch_tokens
 32768: fewer, larger micro-batches), compile (trainer.compile=true: each decoder layer's forward
 through torch.compile; its first steps include compile time, and a new micro-batch shape can
-recompile, so compare min and median). Then one torch.profiler table of the top ops by device time
-at L for base (DIR/profile_L.txt). Writes DIR/profile_update.json.
+recompile, so compare min and median). Then torch.profiler tables of the top ops at L for base, by
+device time and by self CPU time (DIR/profile_L.txt). Writes DIR/profile_update.json.
 On a CPU (for testing the script) pass --tiny: the smoke preset's 2-layer model, small shapes.
 """
 
@@ -123,7 +123,11 @@ def profile(cfg, model_dir, dev, shape, prompt, out: Path) -> None:
         tr.update(data)
         sync(dev)
     key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
-    out.write_text(p.key_averages().table(sort_by=key, row_limit=30))
+    avg = p.key_averages()
+    # the second table: where the host's time goes. Its total includes time blocked in device syncs
+    # (cudaStreamSynchronize, aten::_local_scalar_dense), which is GPU-bound waiting, not launch cost
+    out.write_text(avg.table(sort_by=key, row_limit=30) + "\n\nBy self CPU time:\n"
+                   + avg.table(sort_by="self_cpu_time_total", row_limit=25))
 
 
 def main() -> None:
