@@ -59,6 +59,9 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2].strip())
         return 2
     path = argv[0]
+    if not Path(path).exists():
+        print(f"qk_bias.py: {path} does not exist (give a .gguf file or an HF model dir)")
+        return 2
     layers = from_gguf(path) if path.endswith(".gguf") else from_hf(path)
     print("layer  max|q bias|  max|k bias|  max bias logit")
     for layer, qb, kb, n_heads, n_kv in layers:

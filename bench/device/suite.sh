@@ -5,10 +5,10 @@ source bench/device/env.sh || exit 1
 PART=${PART:-all}
 if [ "$PART" = all ] || [ "$PART" = ours ]; then
   # ours: the real recipe at S, L and 64x8x512 (ipc, on-policy), >= 5 measured steps after 2 warm-up
-  # SHAPES picks rows by name (default S L T64); Lnr = L with a separate old-logprob pass (the reuse A/B);
-  # So = S with the next rollout overlapping the update (one step off-policy)
+  # SHAPES picks rows by name (default S L T64); Lnr = L with a separate old-logprob pass, the reuse A/B
+  # of bench/results/2026-11-27-h100-suite.md (other settings at one shape: bench/device/variants.sh)
   declare -A SPEC=([S]="2 256 8 9" [L]="8 512 8 9" [T64]="8 512 64 7"
-                   [Lnr]="8 512 8 9 trainer.reuse_old_logprobs=false" [So]="2 256 8 9 rollout.overlap=true")
+                   [Lnr]="8 512 8 9 trainer.reuse_old_logprobs=false")
   for name in ${SHAPES:-S L T64}; do
     # shellcheck disable=SC2086  # a spec is words on purpose
     set -- ${SPEC[$name]}

@@ -3,6 +3,7 @@
 # bench/configs/random-0.5b.yaml), each STEPS steps, one after another on the same warm machine.
 #
 #   VARIANTS="base fit24 saver overlap" STEPS=10 bash bench/device/variants.sh
+#   SHAPE=S VARIANTS="base overlap" STEPS=9 bash bench/device/variants.sh   # at S = 8 prompts x 2 x 256
 #
 # Variants (name: the extra settings):
 #   base     none (the ipc row)
@@ -21,6 +22,11 @@ STEPS=${STEPS:-10}
 BUDGET=${BUDGET:-540}
 MIN_LEFT=${MIN_LEFT:-150}
 ROOT=/tmp/variants
+case ${SHAPE:-L} in
+  L) SHAPE_SET=() ;;
+  S) SHAPE_SET=(--set rollout.n=2 --set rollout.max_new_tokens=256) ;;
+  *) echo "SHAPE must be S or L, not ${SHAPE}"; exit 2 ;;
+esac
 mkdir -p "$ROOT/runs" "$ROOT/files"
 declare -A SETS=(
   [base]=""
@@ -34,7 +40,7 @@ for V in ${VARIANTS:-base fit24 saver overlap}; do
   if [ -z "${SETS[$V]+x}" ]; then echo "unknown variant $V (valid: ${!SETS[*]})"; continue; fi
   LEFT=$((BUDGET - SECONDS))
   if [ "$LEFT" -lt "$MIN_LEFT" ]; then echo "== $V: skipped, ${LEFT}s left"; continue; fi
-  ARGS=(--set "trial_name=$V" --set "output_dir=$ROOT/runs" --set "trainer.max_steps=$STEPS")
+  ARGS=(--set "trial_name=$V" --set "output_dir=$ROOT/runs" --set "trainer.max_steps=$STEPS" "${SHAPE_SET[@]}")
   for kv in ${SETS[$V]}; do ARGS+=(--set "$kv"); done
   echo "== $V: ${SETS[$V]:-defaults} ($LEFT s left)"
   timeout -k 10 $((LEFT - 20)) python -m gsm8k_grpo train --config bench/configs/random-0.5b.yaml "${ARGS[@]}" \
