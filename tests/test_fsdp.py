@@ -138,13 +138,55 @@ def test_nonfinite_loss_skips_the_optimizer_step(tiny_model_dir, tmp_path):
         assert d.startswith("loss nan; non-finite grads in ") and "first non-finite micro-batch" in d
         # every grad is NaN here: the run starts at the embedding and ends at the last parameter
         names = [n.removeprefix("hf.") for n, _ in tr.model.named_parameters()]
-        assert f"first {names[0]}" in d and f"last {names[-1]}; a contiguous run" in d
+        assert f"{names[0]}; all of layers 0-1; " in d and f"last {names[-1]}; a contiguous run" in d
         assert "nan" in d.split("advantages")[1]
         for n, t in tr.named_tensors():
             assert torch.equal(t, before[n])
         assert tr.update(_samples())["optimizer_steps"] == 1  # and the next good batch trains
     finally:
         dist.destroy_process_group()
+
+
+def test_mini_batches_take_one_optimizer_step_each_against_fixed_old_logprobs(tiny_model_dir, tmp_path):
+    """trainer.mini_batch_size < batch_size (the GPU trial b32mb4): one optimizer step per mini-batch of
+    whole groups, old log-probs from a separate pass before the first step, so the later mini-batches
+    are off the current weights and the PPO clip engages (it cannot with one mini-batch)."""
+    from gsm8k_grpo.trainer.fsdp import init_distributed
+    from gsm8k_grpo.trainer.update import Trainer
+
+    init_distributed(torch.device("cpu"))
+    try:
+        one = Trainer(_cfg(str(tmp_path), "token"), str(tiny_model_dir), torch.device("cpu"), total_steps=1, pad_id=0)
+        s1 = one.update(_samples())
+        assert (s1["optimizer_steps"], s1["old_logprob_pass"], s1["clip_frac"]) == (1, False, 0.0)
+        three = Trainer(_cfg(str(tmp_path), "token", mini_batch_size=1), str(tiny_model_dir), torch.device("cpu"),
+                        total_steps=1, pad_id=0)
+        s3 = three.update(_samples())
+        assert s3["optimizer_steps"] == 3 and s3["old_logprob_pass"] and s3["samples_trained"] == 6
+        assert s3["clip_frac"] > 0  # lr 1e-2 moves the tiny model past the 0.2/0.28 clip after step 1
+        moved = [n for n, t in three.named_tensors() if not torch.equal(t, dict(one.named_tensors())[n])]
+        assert moved  # three steps land somewhere else than one
+    finally:
+        dist.destroy_process_group()
+
+
+def test_describe_tensors_names_whole_layers_as_ranges():
+    """The non-finite log line's tensor list: the signature seen on the H100 (embedding, layers 0-7 and
+    three tensors of layer 8) comes out whole, in a line, instead of 100 names."""
+    from gsm8k_grpo.trainer.update import describe_tensors
+
+    sfx = ["self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight", "self_attn.k_proj.bias",
+           "self_attn.o_proj.weight", "mlp.up_proj.weight", "input_layernorm.weight"]
+    every = ["model.embed_tokens.weight"] + [f"model.layers.{i}.{x}" for i in range(12) for x in sfx] + [
+        "model.norm.weight", "lm_head.weight"]
+    bad = every[:1 + 8 * len(sfx)] + ["model.layers.8.self_attn.q_proj.weight", "model.layers.8.input_layernorm.weight"]
+    assert describe_tensors(every, bad) == ("model.embed_tokens.weight; all of layers 0-7; "
+                                            "layer 8: self_attn.q_proj.weight, input_layernorm.weight")
+    assert describe_tensors(every, every) == "model.embed_tokens.weight; all of layers 0-11; model.norm.weight; lm_head.weight"
+    # separate runs of whole layers stay apart; a single whole layer is not a range
+    gaps = [n for n in every if ".layers.2." in n or ".layers.4." in n or ".layers.5." in n]
+    assert describe_tensors(every, gaps) == "all of layer 2; all of layers 4-5"
+    assert describe_tensors(every, []) == ""
 
 
 @pytest.mark.parametrize("agg", ["token", "sequence"])

@@ -10,6 +10,7 @@
 # 510; SIGTERM, which stops the SGLang child; SIGKILL 20 s later), so the command ends within ~540 s.
 # Writes to $OUT: train.out (stdout+stderr), train.log, metrics.jsonl, reward.png (when drawn),
 # sglang_server.log (tail), train_chunks.jsonl (one line per call: rc, wall, steps; kept in /tmp/learn).
+# CMD_BUDGET (default 590) caps TRAIN_TIMEOUT so the whole command, warm-up wait included, ends in time.
 # Knobs: EXTRA_SET="key=value ..." adds --set overrides (on a resume only the keys resume allows
 # without --force: trainer.max_steps, logging.*, eval.every/at_end, ...); FORCE=1 passes --force to resume.
 source bench/device/env.sh || exit 1
@@ -21,6 +22,13 @@ RUN=$RUNS/$PRESET/${TRIAL:-trial0}
 LIMIT=${TRAIN_TIMEOUT:-510}
 need_model || exit 1
 bash "$LEARN_DIR/warm.sh" stop
+# the device command has CMD_BUDGET s in all (600 - margin); waiting for the warm-up above came out of it.
+# Session 6's first call gave 560 s after an 84 s wait and the device tool cut the command at 600 s.
+room=$(( ${CMD_BUDGET:-590} - SECONDS - 30 ))   # 20 s TERM->KILL grace + 10 s for the copies below
+if [ "$LIMIT" -gt "$room" ]; then
+  echo "== TRAIN_TIMEOUT $LIMIT s -> $room s: $SECONDS s of this command are gone (warm-up wait)"
+  LIMIT=$room
+fi
 
 before=$(ckpt_step "$RUN")
 if [ "$before" -gt 0 ]; then

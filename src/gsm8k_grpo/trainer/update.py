@@ -17,6 +17,7 @@ micro-batches (empty ones padded with a zero-weight dummy) so FSDP collectives s
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import torch
@@ -215,7 +216,8 @@ class Trainer:
             # backward runs from the output down, so the last bad tensor in parameter order is the one
             # nearest where the non-finite values were born; a contiguous run means they flowed down from it
             run = "a contiguous run" if named[-1][0] - named[0][0] == len(named) - 1 else "not contiguous"
-            s += f" (first {', '.join(bad[:3])}; last {bad[-1]}; {run} in parameter order)"
+            every = [n.removeprefix("hf.") for n, _ in self.model.named_parameters()]
+            s += f" ({describe_tensors(every, bad)}; last {bad[-1]}; {run} in parameter order)"
         if bad_mb is not None:
             s += (f"; first non-finite micro-batch: {len(bad_mb.index)} samples, completion tokens "
                   f"{bad_mb.seq_lens.tolist()[:8]}, advantages {bad_mb.advantages.unique().tolist()[:4]}")
@@ -227,3 +229,45 @@ class Trainer:
 
     def named_tensors(self, dtype: torch.dtype | None = None):
         return full_named_tensors(self.model, dtype)
+
+
+_LAYER = re.compile(r"^(.*\.layers\.)(\d+)\.(.+)$")
+
+
+def describe_tensors(every: list[str], bad: list[str]) -> str:
+    """`bad` (a subset of `every`, both in parameter order) in a few words, whole decoder layers as ranges:
+    'model.embed_tokens.weight; all of layers 0-7; layer 8: self_attn.q_proj.weight, input_layernorm.weight'."""
+    per_layer: dict[int, list[str]] = {}  # layer -> all its tensor names (suffixes)
+    for n in every:
+        m = _LAYER.match(n)
+        if m:
+            per_layer.setdefault(int(m.group(2)), []).append(m.group(3))
+    parts: list[str] = []
+    bad_in: dict[int, list[str]] = {}
+    order: list[int | str] = []  # layers and other names, in parameter order
+    for n in bad:
+        m = _LAYER.match(n)
+        if not m:
+            order.append(n)
+            continue
+        layer = int(m.group(2))
+        if layer not in bad_in:
+            order.append(layer)
+        bad_in.setdefault(layer, []).append(m.group(3))
+    whole: list[int] = []  # a run of consecutive complete layers, flushed as 'all of layers a-b'
+
+    def flush() -> None:
+        if whole:
+            parts.append(f"all of layer {whole[0]}" if len(whole) == 1 else f"all of layers {whole[0]}-{whole[-1]}")
+            whole.clear()
+
+    for item in order:
+        if isinstance(item, int) and len(bad_in[item]) == len(per_layer[item]):
+            if whole and item != whole[-1] + 1:
+                flush()
+            whole.append(item)
+            continue
+        flush()
+        parts.append(item if isinstance(item, str) else f"layer {item}: {', '.join(bad_in[item])}")
+    flush()
+    return "; ".join(parts)
