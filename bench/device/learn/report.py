@@ -268,6 +268,20 @@ def _draw(plt, metrics, slice_points, out, base_len, final_len, title, final_poi
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+    shrink_png(out)
+
+
+def shrink_png(path: Path) -> None:
+    """Re-save a line plot with a 256-colour palette: a third of the size, no visible change. The
+    results live in the repo, and the repo travels in every device call, whose carry is 64 MiB in all."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        q.save(path, optimize=True)
+    except Exception as e:  # Pillow missing or an odd file: keep the full-colour plot
+        print(f"shrink_png: kept {path} as drawn ({type(e).__name__})")
 
 
 # ----------------------------------------------------------------------------- the report
