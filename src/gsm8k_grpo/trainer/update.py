@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import Counter
+from itertools import groupby
 
 import torch
 import torch.distributed as dist
@@ -231,43 +233,27 @@ class Trainer:
         return full_named_tensors(self.model, dtype)
 
 
-_LAYER = re.compile(r"^(.*\.layers\.)(\d+)\.(.+)$")
+_LAYER = re.compile(r"^.*\.layers\.(\d+)\.(.+)$")
 
 
 def describe_tensors(every: list[str], bad: list[str]) -> str:
     """`bad` (a subset of `every`, both in parameter order) in a few words, whole decoder layers as ranges:
     'model.embed_tokens.weight; all of layers 0-7; layer 8: self_attn.q_proj.weight, input_layernorm.weight'."""
-    per_layer: dict[int, list[str]] = {}  # layer -> all its tensor names (suffixes)
-    for n in every:
-        m = _LAYER.match(n)
-        if m:
-            per_layer.setdefault(int(m.group(2)), []).append(m.group(3))
-    parts: list[str] = []
-    bad_in: dict[int, list[str]] = {}
-    order: list[int | str] = []  # layers and other names, in parameter order
-    for n in bad:
-        m = _LAYER.match(n)
-        if not m:
-            order.append(n)
-            continue
-        layer = int(m.group(2))
-        if layer not in bad_in:
-            order.append(layer)
-        bad_in.setdefault(layer, []).append(m.group(3))
-    whole: list[int] = []  # a run of consecutive complete layers, flushed as 'all of layers a-b'
+    def key(name: str) -> int | str:  # a decoder layer's number, or the name itself
+        m = _LAYER.match(name)
+        return int(m.group(1)) if m else name
 
-    def flush() -> None:
-        if whole:
-            parts.append(f"all of layer {whole[0]}" if len(whole) == 1 else f"all of layers {whole[0]}-{whole[-1]}")
-            whole.clear()
-
-    for item in order:
-        if isinstance(item, int) and len(bad_in[item]) == len(per_layer[item]):
-            if whole and item != whole[-1] + 1:
-                flush()
-            whole.append(item)
-            continue
-        flush()
-        parts.append(item if isinstance(item, str) else f"layer {item}: {', '.join(bad_in[item])}")
-    flush()
-    return "; ".join(parts)
+    size = Counter(key(n) for n in every)
+    parts: list[str | list[int]] = []  # names, partial layers, and [first, last] runs of whole layers
+    for k, names in groupby(bad, key=key):
+        names = list(names)
+        if isinstance(k, str):
+            parts.append(k)
+        elif len(names) < size[k]:
+            parts.append(f"layer {k}: " + ", ".join(_LAYER.match(n).group(2) for n in names))
+        elif parts and isinstance(parts[-1], list) and parts[-1][1] == k - 1:
+            parts[-1][1] = k
+        else:
+            parts.append([k, k])
+    return "; ".join(p if isinstance(p, str) else f"all of layer {p[0]}" if p[0] == p[1]
+                     else f"all of layers {p[0]}-{p[1]}" for p in parts)
