@@ -50,3 +50,15 @@ def test_torchrun_two_ranks_matches_one(tmp_path, overlap):
     ckpt = two / "runs" / "toy" / "trial0" / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == "step_000004"
     assert (ckpt / "step_000004" / "model" / "model.safetensors").is_file()
+
+
+def test_torchrun_time_limit_stops_every_rank_at_the_same_step(tmp_path):
+    """trainer.time_limit_minutes under 2 ranks: the ranks agree on the stop (an all-reduce of their
+    verdicts, since the save is collective), save step 1 together and exit 0 instead of hanging."""
+    cfg = write_toy(tmp_path, **{"trainer.max_steps": 6, "trainer.time_limit_minutes": 0.0001})
+    res = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "gsm8k_grpo", "train", "--config", str(cfg)], ROOT)
+    run = tmp_path / "runs" / "toy" / "trial0"
+    assert [r["step"] for r in _metrics(run / "metrics.jsonl")] == [1]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000001"
+    assert "time limit reached" in res.stdout

@@ -40,7 +40,8 @@ def test_smoke_preset_end_to_end(tmp_path):
 
     AutoModelForCausalLM.from_pretrained(model_dir)
     assert not list((run / "checkpoints").glob(".tmp-*"))
-    assert "final checkpoint:" in res.stdout
+    final = [line for line in res.stdout.splitlines() if line.startswith("final checkpoint: ")]
+    assert len(final) == 1 and final[0].endswith(f"{latest}/model")  # one line however long the path, for scripts
 
 
 @pytest.mark.parametrize("overlap", [False, True])
@@ -105,6 +106,39 @@ def test_exact_resume_after_kill(tmp_path, overlap):
         assert a["reward_mean"] == b["reward_mean"], (a["step"], a["reward_mean"], b["reward_mean"])
         assert abs(a["loss"] - b["loss"]) <= 1e-5, (a["step"], a["loss"], b["loss"])
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * max(1.0, a["grad_norm"])
+
+
+def test_time_limit_stops_with_a_checkpoint_and_resume_matches_an_unbroken_run(tmp_path):
+    """trainer.time_limit_minutes: the run saves and stops cleanly (exit 0, no "final checkpoint") before
+    a step would end past the limit; `grpo resume` with a new limit continues, and the joined run matches
+    an unbroken one step for step. The limit is on this process's wall clock, so a resume gets it anew."""
+    extra = {"trainer.max_steps": 10, "rollout.max_new_tokens": 12, "optimizer.lr": 0.002}
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    res = grpo("train", "--config", str(write_toy(straight, **extra)), timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = read_metrics(straight / "runs" / "toy" / "trial0")
+
+    limited = tmp_path / "limited"
+    limited.mkdir()
+    cfg = write_toy(limited, **extra, **{"trainer.time_limit_minutes": 0.0001})  # 6 ms: past it after step 1
+    run = limited / "runs" / "toy" / "trial0"
+    res = grpo("train", "--config", str(cfg), timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "final checkpoint" not in res.stdout and "time limit reached" in res.stdout
+    assert f"grpo resume {run}" in res.stdout
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000001"
+    assert [r["step"] for r in read_metrics(run)] == [1]
+    assert "time limit: trainer.time_limit_minutes=0.0001 reached after step 1 of 10" in (run / "train.log").read_text()
+
+    res = grpo("resume", str(run), "--set", "trainer.time_limit_minutes=60", timeout=240)  # no --force needed
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "final checkpoint:" in res.stdout
+    got = read_metrics(run)
+    assert [r["step"] for r in got] == list(range(1, 11))
+    for a, b in zip(ref, got):
+        assert a["reward_mean"] == b["reward_mean"], (a["step"], a["reward_mean"], b["reward_mean"])
+        assert abs(a["loss"] - b["loss"]) <= 1e-5, (a["step"], a["loss"], b["loss"])
 
 
 def test_kill_between_checkpoint_and_its_metrics_line(tmp_path):

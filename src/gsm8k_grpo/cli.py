@@ -167,9 +167,12 @@ def _run_training(cfg, restart: bool = False, force: bool = False) -> None:
     def go():
         from gsm8k_grpo.trainer.recipe import run
 
-        final = run(cfg, restart=restart, force=force)
-        if final is not None:
-            out.print(f"final checkpoint: {final}/model", markup=False)
+        ckpt, complete = run(cfg, restart=restart, force=force)
+        if ckpt is not None and complete:
+            out.print(f"final checkpoint: {ckpt}/model", markup=False, soft_wrap=True)  # one line, for scripts
+        elif ckpt is not None:  # trainer.time_limit_minutes: a clean stop, exit 0
+            out.print(f"checkpoint: {ckpt}/model (time limit reached; continue with: grpo resume "
+                      f"{cfg.run_dir} --set trainer.time_limit_minutes=MINUTES)", markup=False, soft_wrap=True)
 
     _guard(go)
 
@@ -184,7 +187,7 @@ def resume(
     """Continue a run from its latest checkpoint (also after a crash or kill -9)."""
 
     def load():
-        from gsm8k_grpo.config import parse_set, validate_config, _deep_merge
+        from gsm8k_grpo.config import _deep_merge, parse_set, validate_config
         from gsm8k_grpo.trainer.recipe import load_run_config
 
         if not run_dir.is_dir():

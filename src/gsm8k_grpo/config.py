@@ -117,6 +117,9 @@ class TrainerConfig(_Strict):
     reuse_old_logprobs: bool = Field(True, description="with 1 PPO epoch and 1 mini-batch, take the old log-probs "
                                      "from the training forward (identical, one pass fewer); false = separate pass")
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1, description="cap the trainer's share of its GPU")
+    time_limit_minutes: float | None = Field(
+        None, gt=0, description="wall clock for this process (a scheduler's limit): before a step that would end "
+        "past it, save a checkpoint and stop; grpo resume continues (None = no limit)")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":

@@ -10,7 +10,8 @@
 # 510; SIGTERM, which stops the SGLang child; SIGKILL 20 s later), so the command ends within ~540 s.
 # Writes to $OUT: train.out (stdout+stderr), train.log, metrics.jsonl, reward.png (when drawn),
 # sglang_server.log (tail), train_chunks.jsonl (one line per call: rc, wall, steps; kept in /tmp/learn).
-# CMD_BUDGET (default 590) caps TRAIN_TIMEOUT so the whole command, warm-up wait included, ends in time.
+# CMD_BUDGET (default 590) caps TRAIN_TIMEOUT so the whole command, warm-up wait included, ends in time;
+# trainer.time_limit_minutes (TRAIN_TIMEOUT - 45 s) makes the trainer save and stop before the timeout.
 # Knobs: EXTRA_SET="key=value ..." adds --set overrides (on a resume only the keys resume allows
 # without --force: trainer.max_steps, logging.*, eval.every/at_end, ...); FORCE=1 passes --force to resume.
 source bench/device/env.sh || exit 1
@@ -39,6 +40,9 @@ else
   cmd=("$PY" -m gsm8k_grpo train --preset "$PRESET" --config "$LEARN_CONFIG" --set "model.path=$MODEL"
        --set "output_dir=$RUNS" --set "trainer.max_steps=$MAX")
 fi
+# stop cleanly with a checkpoint 45 s before the timeout (trainer.time_limit_minutes), so a chunk that
+# runs short of MAX_STEPS loses no steps; the timeout stays as the safety net
+cmd+=(--set "trainer.time_limit_minutes=$(awk -v s="$LIMIT" 'BEGIN {printf "%.2f", (s - 45) / 60}')")
 # shellcheck disable=SC2206  # EXTRA_SET is a list of key=value words on purpose
 extra=(${EXTRA_SET:-})
 for kv in "${extra[@]}"; do cmd+=(--set "$kv"); done

@@ -39,8 +39,8 @@ from gsm8k_grpo.weights.base import TransportError
 
 log = M.log
 # Keys that may change between a run and its resume without --force.
-RESUMABLE_CHANGES = ("logging.", "trainer.max_steps", "checkpoint.keep_last", "rollout.server_timeout_s",
-                     "eval.every", "eval.at_end")
+RESUMABLE_CHANGES = ("logging.", "trainer.max_steps", "trainer.time_limit_minutes", "checkpoint.keep_last",
+                     "rollout.server_timeout_s", "eval.every", "eval.at_end")
 
 
 def comparable_config(saved: dict) -> dict:
@@ -102,6 +102,8 @@ def step_seed(seed: int, step: int) -> int:
 class Recipe:
     def __init__(self, cfg: RunConfig, *, restart: bool = False, force: bool = False):
         self.cfg, self.restart, self.force = cfg, restart, force
+        self.t_start = time.monotonic()  # trainer.time_limit_minutes counts from here
+        self.longest_save_s = 0.0
         self.requested_cfg = cfg  # what the user asked for: saved in checkpoints, compared on resume
         self.engine = self.transport = self.metrics = None
         self._ahead: ThreadPoolExecutor | None = None   # rollout.overlap: the thread generating the next batch
@@ -272,27 +274,52 @@ class Recipe:
                               self.cfg.weights.disk_dir)
 
     # ================================================================== train
-    def train(self) -> Path | None:
+    def train(self) -> tuple[Path | None, bool]:
+        """Run the remaining steps; returns (the last checkpoint, whether the run is complete)."""
         last_ckpt = None
         step = self.start_step
+        out_of_time = False
         for step in range(self.start_step + 1, self.total_steps + 1):
+            t0 = time.monotonic()
             record = self.step(step)
-            if self.cfg.eval.every and step % self.cfg.eval.every == 0 and step < self.total_steps:
+            last = step == self.total_steps
+            if self.cfg.eval.every and step % self.cfg.eval.every == 0 and not last:
                 record.update(self.evaluate())
-            if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0 and step < self.total_steps:
+            out_of_time = not last and self._out_of_time(time.monotonic() - t0)
+            if not last and (out_of_time or self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0):
                 record["time_save"], last_ckpt = self.save_checkpoint(step, record)
-            if step == self.total_steps:
+            if last:
                 if self.cfg.eval.at_end and self.eval_set:
                     record.update(self.evaluate())
                 record["time_save"], last_ckpt = self.save_checkpoint(step, record)
             if self.rank == 0:
                 self.metrics.log(step, record)
-                if step % self.cfg.logging.console_every == 0 or step == self.total_steps:
+                if step % self.cfg.logging.console_every == 0 or last or out_of_time:
                     log.info(self.metrics.progress_line(step, record))
+            if out_of_time:
+                break
         if self.rank == 0 and self.start_step < self.total_steps:
             png = M.plot(self.run_dir)
-            log.info("done: %d steps; checkpoint %s; curves %s", self.total_steps, last_ckpt, png)
-        return last_ckpt or C.latest(self.run_dir)
+            if out_of_time:
+                log.warning("time limit: trainer.time_limit_minutes=%g reached after step %d of %d; checkpoint %s; "
+                            "continue with: grpo resume %s", self.cfg.trainer.time_limit_minutes, step,
+                            self.total_steps, last_ckpt, self.run_dir)
+            else:
+                log.info("done: %d steps; checkpoint %s; curves %s", self.total_steps, last_ckpt, png)
+        return last_ckpt or C.latest(self.run_dir), not out_of_time
+
+    def _out_of_time(self, step_s: float) -> bool:
+        """Would one more step like the last one, plus a save, end past trainer.time_limit_minutes?
+        Every rank must agree (the save is collective): the slowest clock decides."""
+        limit = self.cfg.trainer.time_limit_minutes
+        if limit is None:
+            return False
+        late = time.monotonic() - self.t_start + step_s + self.longest_save_s > 60 * limit
+        if self.world > 1:
+            flag = torch.tensor([float(late)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            late = bool(flag.item())
+        return late
 
     def _prompt(self, p: gsm8k.Problem) -> list[int]:
         if p.idx not in self._prompt_cache:
@@ -442,7 +469,9 @@ class Recipe:
         dt = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(self.cfg.checkpoint.save_dtype,
                                                                  self.trainer.compute_dtype)
         path = C.save(self.run_dir, step, self.trainer, self.model_dir, state, self.cfg.checkpoint.keep_last, dt)
-        return time.time() - t0, path
+        secs = time.time() - t0
+        self.longest_save_s = max(self.longest_save_s, secs)
+        return secs, path
 
     def close(self) -> None:
         if self._ahead is not None:  # a rollout still in flight (after an error) ends with the engine below
@@ -458,7 +487,8 @@ class Recipe:
             dist.destroy_process_group()
 
 
-def run(cfg: RunConfig, *, restart: bool = False, force: bool = False) -> Path | None:
+def run(cfg: RunConfig, *, restart: bool = False, force: bool = False) -> tuple[Path | None, bool]:
+    """Train; returns (the last checkpoint, whether every step ran: False after trainer.time_limit_minutes)."""
     recipe = Recipe(cfg, restart=restart, force=force)
     try:
         recipe.setup()
