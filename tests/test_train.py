@@ -108,11 +108,12 @@ def test_exact_resume_after_kill(tmp_path, overlap):
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * max(1.0, a["grad_norm"])
 
 
-def test_time_limit_stops_with_a_checkpoint_and_resume_matches_an_unbroken_run(tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_time_limit_stops_with_a_checkpoint_and_resume_matches_an_unbroken_run(tmp_path, overlap):
     """trainer.time_limit_minutes: the run saves and stops cleanly (exit 0, no "final checkpoint") before
     a step would end past the limit; `grpo resume` with a new limit continues, and the joined run matches
     an unbroken one step for step. The limit is on this process's wall clock, so a resume gets it anew."""
-    extra = {"trainer.max_steps": 10, "rollout.max_new_tokens": 12, "optimizer.lr": 0.002}
+    extra = {"trainer.max_steps": 10, "rollout.max_new_tokens": 12, "optimizer.lr": 0.002, "rollout.overlap": overlap}
     straight = tmp_path / "straight"
     straight.mkdir()
     res = grpo("train", "--config", str(write_toy(straight, **extra)), timeout=240)
