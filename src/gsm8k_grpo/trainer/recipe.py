@@ -8,7 +8,8 @@ comes from one weight version, one update older than the trainer (the loss corre
 A checkpoint keeps that pending batch, so a resumed run trains on the same samples.
 
 setup() builds everything from the RunConfig (or resumes it from RUN_DIR/checkpoints/latest);
-train() runs the steps; save_checkpoint() writes an atomic checkpoint. Rank 0 owns the rollout
+train() runs the steps, and with trainer.time_limit_minutes saves and stops early when one more step
+and a save would not fit; save_checkpoint() writes an atomic checkpoint. Rank 0 owns the rollout
 engine and the transport; every rank trains its share of each batch (FSDP2).
 """
 
@@ -286,7 +287,7 @@ class Recipe:
             if self.cfg.eval.every and step % self.cfg.eval.every == 0 and not last:
                 record.update(self.evaluate())
             out_of_time = not last and self._out_of_time(time.monotonic() - t0)
-            if not last and (out_of_time or self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0):
+            if not last and (out_of_time or (self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0)):
                 record["time_save"], last_ckpt = self.save_checkpoint(step, record)
             if last:
                 if self.cfg.eval.at_end and self.eval_set:
