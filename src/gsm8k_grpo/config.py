@@ -118,8 +118,9 @@ class TrainerConfig(_Strict):
                                      "from the training forward (identical, one pass fewer); false = separate pass")
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1, description="cap the trainer's share of its GPU")
     time_limit_minutes: float | None = Field(
-        None, gt=0, description="wall clock for this process (a scheduler's limit): before a step that would end "
-        "past it, save a checkpoint and stop; grpo resume continues (None = no limit)")
+        None, gt=0, description="wall clock from the start of this run's setup (a scheduler's limit, less the "
+        "seconds of imports before it): before a step that would end past it, save a checkpoint and stop; "
+        "grpo resume continues (None = no limit)")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":

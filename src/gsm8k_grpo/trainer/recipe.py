@@ -286,12 +286,10 @@ class Recipe:
             last = step == self.total_steps
             if self.cfg.eval.every and step % self.cfg.eval.every == 0 and not last:
                 record.update(self.evaluate())
+            if last and self.cfg.eval.at_end and self.eval_set:
+                record.update(self.evaluate())
             out_of_time = not last and self._out_of_time(time.monotonic() - t0)
-            if not last and (out_of_time or (self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0)):
-                record["time_save"], last_ckpt = self.save_checkpoint(step, record)
-            if last:
-                if self.cfg.eval.at_end and self.eval_set:
-                    record.update(self.evaluate())
+            if last or out_of_time or (self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0):
                 record["time_save"], last_ckpt = self.save_checkpoint(step, record)
             if self.rank == 0:
                 self.metrics.log(step, record)
