@@ -254,6 +254,34 @@ def test_fused_adamw_gives_the_same_update(tiny_model_dir, tmp_path, one_process
     assert moved  # the update did change weights, so the comparison means something
 
 
+def test_right_padded_rows_train_without_an_attention_mask(tiny_model_dir, tmp_path, one_process, monkeypatch):
+    """The trainer's forward gives SDPA no mask, only is_causal: an explicit mask took H100's cuDNN
+    backward, whose grad_q goes NaN (pytorch/pytorch#196678, the 1 % of skipped steps in
+    docs/results/learning.md; the GPU side is bench/device/NEXT.md's to confirm). Right padding makes
+    that exact: each row's log-probs in a padded micro-batch equal the row's own, unpadded."""
+    from gsm8k_grpo.trainer.batching import collate
+    from gsm8k_grpo.trainer.update import Trainer
+
+    tr = Trainer(_cfg(str(tmp_path), "token"), str(tiny_model_dir), torch.device("cpu"), total_steps=1, pad_id=0)
+    samples = _samples()                                   # lengths 5..11: every row but one is padded
+    real_sdpa, calls = torch.nn.functional.scaled_dot_product_attention, []
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        padded = collate(samples, list(range(len(samples))), pad_id=0)
+        assert (padded.input_ids == 0).any()
+        batch, _ = tr._forward(tr.model, padded)
+        n_batch_calls = len(calls)
+        alone = torch.cat([tr._forward(tr.model, collate(samples, [i], pad_id=0))[0] for i in range(len(samples))])
+    assert n_batch_calls == tr.hf_config.num_hidden_layers  # SDPA ran, once a layer
+    assert all(mask is None and causal for mask, causal in calls[:n_batch_calls])
+    torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_chunk_logprob_backward_equals_autograd(bias, temperature):

@@ -122,7 +122,6 @@ def test_collate_masks_predict_completion_tokens():
     s = [TrainSample([1, 2, 3], [7, 8], 0.5, [-0.1, -0.2]), TrainSample([4], [9, 10, 11], -1.0, [-1, -2, -3])]
     mb = collate(s, [0, 1], pad_id=0)
     assert mb.input_ids.tolist() == [[1, 2, 3, 7, 8], [4, 9, 10, 11, 0]]
-    assert mb.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
     # positions predicting completion tokens: sample 0 -> positions 2,3 (predict 7, 8); sample 1 -> 0,1,2
     assert mb.loss_mask.tolist() == [[False, False, True, True, False], [True, True, True, False, False]]
     assert mb.targets[mb.loss_mask].tolist() == [7, 8, 9, 10, 11]

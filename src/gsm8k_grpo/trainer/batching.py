@@ -27,8 +27,7 @@ class TrainSample:
 
 @dataclass
 class MicroBatch:
-    input_ids: torch.Tensor          # [b, L] long, right-padded
-    attention_mask: torch.Tensor     # [b, L] long
+    input_ids: torch.Tensor          # [b, L] long, right-padded: causal attention needs no mask
     loss_mask: torch.Tensor          # [b, L] bool: position predicts a completion token
     targets: torch.Tensor            # [b, L] long: the token each position predicts (input shifted left)
     seq_lens: torch.Tensor           # [b] completion tokens per sample
@@ -62,18 +61,16 @@ def collate(samples: list[TrainSample], index: list[int], pad_id: int) -> MicroB
     width = max(s.length for s in rows)
     b = len(rows)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((b, width), dtype=torch.long)
     loss_mask = torch.zeros((b, width), dtype=torch.bool)
     for r, s in enumerate(rows):
         seq = s.prompt_ids + s.completion_ids
         input_ids[r, :len(seq)] = torch.tensor(seq)
-        attention[r, :len(seq)] = 1
         loss_mask[r, len(s.prompt_ids) - 1:len(seq) - 1] = True
     targets = torch.roll(input_ids, -1, dims=1)
     seq_lens = torch.tensor([len(s.completion_ids) for s in rows])
     adv = torch.repeat_interleave(torch.tensor([s.advantage for s in rows], dtype=torch.float32), seq_lens)
     eng = torch.tensor([lp for s in rows for lp in s.engine_logprobs], dtype=torch.float32)
-    return MicroBatch(input_ids, attention, loss_mask, targets, seq_lens, adv, eng, list(index))
+    return MicroBatch(input_ids, loss_mask, targets, seq_lens, adv, eng, list(index))
 
 
 def shard_for_rank(n: int, rank: int, world: int) -> list[int]:

@@ -104,9 +104,17 @@ class PolicyModel(nn.Module):
         self.temperature = temperature
         self.impl = impl
 
-    def forward(self, input_ids, attention_mask, loss_mask, targets, with_entropy: bool = False):
-        """-> (log-probs [T] of the targets at loss positions, entropy [T] or None)."""
-        hidden = self.hf.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids, loss_mask, targets, with_entropy: bool = False):
+        """-> (log-probs [T] of the targets at loss positions, entropy [T] or None).
+
+        Rows are right-padded (``batching.collate``), so causal attention alone keeps every real token
+        from seeing padding, and no attention mask is passed: SDPA runs plain causal attention. An
+        explicit mask sent SDPA on H100 to cuDNN's masked backward, whose grad_q is NaN when the
+        width is 64 mod 128 and a row's log-sum-exp is below about -88.7 (pytorch/pytorch#196678,
+        torch 2.11; hit through Qwen2.5's layer-8 attention, huggingface/trl#7181): the 1 % of
+        optimizer steps skipped as non-finite in docs/results/learning.md.
+        """
+        hidden = self.hf.model(input_ids=input_ids).last_hidden_state   # [b, L, H]; padding rows unused
         h = hidden[loss_mask]                                  # [T, H]
         tgt = targets[loss_mask]                               # [T]
         head = self.hf.get_output_embeddings()

@@ -91,9 +91,9 @@ class Trainer:
         if mb is None:  # dummy for collective matching: one token, weight 0
             ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
             m = torch.tensor([[True, False]], device=self.device)
-            return model(ids, torch.ones_like(ids), m, ids, with_entropy)
+            return model(ids, m, ids, with_entropy)
         d = self.device
-        return model(mb.input_ids.to(d), mb.attention_mask.to(d), mb.loss_mask.to(d), mb.targets.to(d), with_entropy)
+        return model(mb.input_ids.to(d), mb.loss_mask.to(d), mb.targets.to(d), with_entropy)
 
     def _all_sum(self, *xs: float) -> list[float]:
         t = torch.tensor(xs, dtype=torch.float64, device=self.device)
