@@ -25,6 +25,8 @@ TRIALS = [
     ("3hour", "3hour (1,000 q x 3)", 8),
     ("1k2ep", "1,000 q x 2, batch 8", 8),
     ("b32mb4", "7,473 q, batch 32 / mini 4, 100 steps", 32),
+    ("n16", "group size 16 (rollout.n=16)", 8),
+    ("t07", "rollout temperature 0.7", 8),
     ("fast", "fast (200 q x 1)", 8),
 ]
 GOAL = 10.0  # points of strict accuracy over the baseline (issue 7)
