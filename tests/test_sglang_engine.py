@@ -22,6 +22,7 @@ from gsm8k_grpo.rollout.base import EngineError, SamplingParams
 from gsm8k_grpo.rollout.client import SGLangClient
 from gsm8k_grpo.rollout.server import NOT_INSTALLED, SGLangServer
 from gsm8k_grpo.rollout.sglang_engine import SGLangEngine
+from server_helpers import alive, wait_for_log_before_health_deadline
 
 FAKE = str(Path(__file__).with_name("fake_sglang.py"))
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -34,14 +35,6 @@ def fake_cmd(*flags: str) -> list[str]:
 def make_engine(tmp_path: Path, *flags: str, **kw) -> SGLangEngine:
     cfg = RolloutConfig(server_timeout_s=20)
     return SGLangEngine("fake-model", cfg, tmp_path, launch_cmd=fake_cmd(*flags), **kw)
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_server_lifecycle(tmp_path):
@@ -75,7 +68,10 @@ def test_default_command_and_child_env(tmp_path, monkeypatch):
     assert env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1" and env["NVSHMEM_DISABLE_NVLS"] == "1"
 
 
-def test_health_timeout_reports_log_tail(tmp_path):
+def test_health_timeout_reports_log_tail(tmp_path, monkeypatch):
+    """The health deadline starts once the stand-in is up (however long the machine takes to start
+    it), so the test measures the timeout path and not the machine's speed."""
+    wait_for_log_before_health_deadline(monkeypatch, "never healthy")
     srv = SGLangServer("m", mem_fraction=0.5, extra_args=[], log_path=tmp_path / "s.log", timeout_s=1.5,
                        launch_cmd=fake_cmd("--never-healthy"))
     with pytest.raises(EngineError, match="not healthy after 2s") as e:

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from gsm8k_grpo.config import RolloutConfig
 from gsm8k_grpo.rollout.base import EngineError, SamplingParams
+from gsm8k_grpo.rollout.server import SGLangServer
 from gsm8k_grpo.rollout.sglang_engine import SGLangEngine
 from gsm8k_grpo.weights import disk as disk_mod
 from gsm8k_grpo.weights.base import TransportError, buckets
@@ -32,6 +33,7 @@ from gsm8k_grpo.weights.detect import Placement, choose_transport, launch_plan, 
 from gsm8k_grpo.weights.disk import DiskTransport
 from gsm8k_grpo.weights.ipc import IPCTransport
 from gsm8k_grpo.weights.nccl import NCCLTransport
+from server_helpers import alive, wait_for_log_before_health_deadline
 
 FAKE = str(Path(__file__).with_name("fake_sglang.py"))
 
@@ -312,15 +314,22 @@ def test_tensor_parallel_is_one_server_over_both_gpus(tmp_path):
         assert eng.servers[0].gpu_ids == [0, 1] and "--tp-size 2" in " ".join(eng.servers[0].command(1))
 
 
-def test_data_parallel_start_failure_stops_every_server(tmp_path):
+def test_data_parallel_start_failure_stops_every_server(tmp_path, monkeypatch):
+    wait_for_log_before_health_deadline(monkeypatch, "listening on 127.0.0.1")  # not the machine's speed
+    launched = []
+    original = SGLangServer._spawn
+
+    def spawn(self, port):
+        original(self, port)
+        launched.append((self, self.proc.pid))
+
+    monkeypatch.setattr(SGLangServer, "_spawn", spawn)
     with pytest.raises(EngineError, match="not healthy after 2s") as e:
         two_gpu_engine(tmp_path, "dp", "--never-healthy", timeout=2)
     assert "never healthy" in str(e.value)  # the log tail of the server that failed
-    ports = [int(re.search(r"listening on 127.0.0.1:(\d+)", (tmp_path / name).read_text()).group(1))
-             for name in ("sglang_server.log", "sglang_server_1.log")]
-    for port in ports:  # both children were stopped, the second one too
-        with socket.socket() as sock:
-            assert sock.connect_ex(("127.0.0.1", port)) != 0
+    assert len(launched) == 2
+    for server, pid in launched:  # both children were stopped and reaped, the second one too
+        assert server.proc is None and not alive(pid)
 
 
 def test_nccl_refuses_shared_gpu():
