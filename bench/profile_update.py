@@ -10,12 +10,11 @@ the median over the steps after the first 2 (warm-up):
     time_clip     grad-norm + clip
     fwd_bwd       the rest: forward + backward of the micro-batches
     mfu           6 * params * tokens / time_update / peak (the recipe's definition)
-Variants: base (the defaults: foreach AdamW, the ChunkLogprob head), ckpt_head (the log-prob head
-as plain autograd under activation checkpointing, trainer.logprob_impl=checkpoint, the default
-before 2026-11-27's second session), fused (optimizer.fused=true), micro32k (micro_batch_tokens
-32768: fewer, larger micro-batches), compile (trainer.compile=true: each decoder layer's forward
-through torch.compile; its first steps include compile time, and a new micro-batch shape can
-recompile, so compare min and median). Then torch.profiler tables of the top ops at L for base, by
+Variants: base (the defaults: foreach AdamW, the ChunkLogprob head), fused (torch's fused AdamW
+swapped in here, the bench's seam: not a setting), micro32k (micro_batch_tokens 32768: fewer,
+larger micro-batches), compile (trainer.compile=true: each decoder layer's forward through
+torch.compile; its first steps include compile time, and a new micro-batch shape can recompile,
+so compare min and median). Then torch.profiler tables of the top ops at L for base, by
 device time and by self CPU time (DIR/profile_L.txt). Writes DIR/profile_update.json.
 On a CPU (for testing the script) pass --tiny: the smoke preset's 2-layer model, small shapes.
 """
@@ -33,14 +32,14 @@ import torch
 from gsm8k_grpo.config import build_config
 from gsm8k_grpo.modeling import materialize
 from gsm8k_grpo.trainer.batching import TrainSample
-from gsm8k_grpo.trainer.fsdp import init_distributed
+from gsm8k_grpo.distributed import init_distributed
 from gsm8k_grpo.trainer.recipe import peak_bf16_flops
 from gsm8k_grpo.trainer.update import Trainer
 
 SHAPES = {"S": (8, 2, 256), "L": (8, 8, 512)}
 TINY_SHAPES = {"S": (2, 2, 16), "L": (4, 2, 32)}
-VARIANTS = {"base": {}, "ckpt_head": {"trainer.logprob_impl": "checkpoint"}, "fused": {"optimizer.fused": True},
-            "micro32k": {"trainer.micro_batch_tokens": 32768}, "compile": {"trainer.compile": True}}
+VARIANTS = {"base": {}, "fused": {"bench.fused_adamw": True}, "micro32k": {"trainer.micro_batch_tokens": 32768},
+            "compile": {"trainer.compile": True}}
 
 
 def samples(b: int, g: int, new: int, prompt: int, vocab: int) -> list[TrainSample]:
@@ -70,11 +69,21 @@ def timed(fn, dev, box: list):
     return wrapper
 
 
-def run_variant(cfg, model_dir, dev, shape, steps, prompt, peak) -> dict:
+def use_fused_adamw(tr: Trainer) -> None:
+    """Swap in torch's fused AdamW (one kernel for all parameters), same hyperparameters and schedule."""
+    o = tr.cfg.optimizer
+    tr.optimizer = torch.optim.AdamW(tr.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                     weight_decay=o.weight_decay, fused=True)
+    tr.scheduler = torch.optim.lr_scheduler.LambdaLR(tr.optimizer, tr.scheduler.lr_lambdas[0])
+
+
+def run_variant(cfg, model_dir, dev, shape, steps, prompt, peak, fused: bool = False) -> dict:
     b, g, new = shape
     cfg = cfg.model_copy(deep=True)
     cfg.trainer.batch_size, cfg.rollout.n = b, g
     tr = Trainer(cfg, model_dir, dev, total_steps=steps, pad_id=0)
+    if fused:
+        use_fused_adamw(tr)
     n_params = sum(p.numel() for p in tr.model.parameters())
     optim_t, clip_t = [], []
     tr.optimizer.step = timed(tr.optimizer.step, dev, optim_t)
@@ -88,8 +97,8 @@ def run_variant(cfg, model_dir, dev, shape, steps, prompt, peak) -> dict:
             t = time.perf_counter()
             st = tr.update(data)
             sync(dev)
-            rows.append({"time_update": time.perf_counter() - t, "seq_tokens": st["seq_tokens"],
-                         "optimizer_steps": st["optimizer_steps"], "grad_norm": st["grad_norm"]})
+            rows.append({"time_update": time.perf_counter() - t, "seq_tokens": st.seq_tokens,
+                         "optimizer_steps": st.optimizer_steps, "grad_norm": st.grad_norm})
     finally:
         torch.nn.utils.clip_grads_with_norm_ = clip_orig
     for r, o, c in zip(rows, optim_t, clip_t):
@@ -159,8 +168,10 @@ def main() -> None:
             vcfg = cfg.model_copy(deep=True)
             for key, val in VARIANTS[name].items():
                 sect, field = key.split(".")
-                setattr(getattr(vcfg, sect), field, val)
-            med = run_variant(vcfg, model_dir, dev, shape, args.steps, prompt, peak)
+                if sect != "bench":
+                    setattr(getattr(vcfg, sect), field, val)
+            med = run_variant(vcfg, model_dir, dev, shape, args.steps, prompt, peak,
+                              fused=VARIANTS[name].get("bench.fused_adamw", False))
             med.update(variant=name, shape=shape_name, b=shape[0], g=shape[1], new_tokens=shape[2])
             result["runs"].append(med)
             mfu = f"{med['mfu']:.1%}" if med["mfu"] else "-"

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import types
 from collections import namedtuple
 from pathlib import Path
 
@@ -30,6 +29,8 @@ def _isolate(monkeypatch, tmp_path):
     # run from an empty folder so a real ./wandb/.wandb_api_key never matters; no hub probes
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # conftest's 'disabled' would hide the key handling
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # this machine's own ~/.netrc never counts
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
@@ -65,6 +66,7 @@ def test_cpu_host_report_shape(smoke, tmp_path):
     assert by["nccl"].status == "ok" and "skipped" in by["nccl"].detail
     assert by["model"].status == "ok"  # builtin folder, random init
     assert by["memory"].status == "ok" and "params" in by["memory"].detail
+    assert by["packages"].status == "ok" and "declared ranges" in by["packages"].detail
     assert [c for c in checks if c.status == "fail"] == []
     assert data["ok"] is True
     assert doctor.exit_code(checks) == 0
@@ -81,7 +83,7 @@ def test_disk_failure_gives_exit_code_1(smoke, tmp_path, monkeypatch):
     assert disk.status == "fail" and disk.fix
     assert doctor.exit_code(checks) == 1
     assert doctor.to_json(checks)["ok"] is False
-    assert "fix the failures" in _rendered(checks)
+    assert "this run cannot start here: fix disk" in _rendered(checks)
 
 
 def test_disk_low_is_a_warning(smoke, tmp_path, monkeypatch):
@@ -95,7 +97,7 @@ def test_wandb_key_never_printed(smoke, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", SENTINEL)
     checks = doctor.run_checks(smoke, run_dir=tmp_path)
     wb = _by_name(checks)["wandb"]
-    assert "found in env" in wb.detail
+    assert "key from WANDB_API_KEY" in wb.detail
     assert SENTINEL not in json.dumps(doctor.to_json(checks))
     assert SENTINEL not in _rendered(checks)
 
@@ -103,7 +105,7 @@ def test_wandb_key_never_printed(smoke, tmp_path, monkeypatch):
     (tmp_path / "wandb").mkdir()
     (tmp_path / "wandb" / ".wandb_api_key").write_text(SENTINEL + "\n")
     checks = doctor.run_checks(smoke, run_dir=tmp_path)
-    assert "found in file" in _by_name(checks)["wandb"].detail
+    assert "key from wandb/.wandb_api_key" in _by_name(checks)["wandb"].detail
     assert SENTINEL not in json.dumps(doctor.to_json(checks))
     assert SENTINEL not in _rendered(checks)
 
@@ -111,6 +113,29 @@ def test_wandb_key_never_printed(smoke, tmp_path, monkeypatch):
 def test_no_wandb_key_means_logging_off(smoke, tmp_path):
     wb = _by_name(doctor.run_checks(smoke, run_dir=tmp_path, quick=True))["wandb"]
     assert wb.status == "ok" and wb.detail.startswith("none: W&B logging off")
+
+
+def test_wandb_mode_follows_the_environment_unless_the_config_sets_it(smoke, tmp_path, monkeypatch):
+    """WANDB_MODE decides while logging.wandb is left unset; an explicit logging.wandb wins (what grpo
+    train does: metrics.wandb_mode, the same function)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert _by_name(doctor.run_checks(smoke, run_dir=tmp_path, quick=True))["wandb"].detail == "disabled (WANDB_MODE)"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wb = _by_name(doctor.run_checks(smoke, run_dir=tmp_path, quick=True))["wandb"]
+    assert "W&B offline (mode from WANDB_MODE)" in wb.detail
+    online = build_config(preset="smoke", overrides=["logging.wandb=online"])
+    wb = _by_name(doctor.run_checks(online, run_dir=tmp_path, quick=True))["wandb"]
+    assert wb.detail.startswith("none: W&B logging off")  # the config's online wins; no key here
+
+
+def test_a_key_stored_by_wandb_login_counts(smoke, tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {SENTINEL}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    checks = doctor.run_checks(smoke, run_dir=tmp_path, quick=True)
+    assert "key from ~/.netrc" in _by_name(checks)["wandb"].detail
+    assert SENTINEL not in json.dumps(doctor.to_json(checks)) and SENTINEL not in _rendered(checks)
 
 
 def test_a_crashing_check_becomes_a_fail(smoke, tmp_path, monkeypatch):
@@ -130,11 +155,18 @@ def test_missing_local_paths_fail(tmp_path):
     assert by["model"].status == "fail" and by["data"].status == "fail"
 
 
-def test_hub_model_offline_is_a_warning_not_a_fail(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    cfg = build_config(overrides=["model.path=someorg/not-cached-model"])
-    by = _by_name(doctor.run_checks(cfg, run_dir=tmp_path))
-    assert by["model"].status == "warn" and "model.path" in by["model"].fix
+def test_default_config_on_a_cpu_host_cannot_start_and_says_why(tmp_path, monkeypatch):
+    """Plain `grpo doctor` checks the default config: offline with nothing cached, the model and
+    data are unreachable and the CPU engine refuses a 494M model, so the verdict is a fail (it
+    used to say 'a run can start' beside those rows)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    checks = doctor.run_checks(None, run_dir=tmp_path)
+    by = _by_name(checks)
+    assert by["model"].status == "fail" and "hub is unreachable" in by["model"].detail and "model.path" in by["model"].fix
+    assert by["data"].status == "fail" and "data.path" in by["data"].fix
+    assert by["memory"].status == "fail" and "494M parameters and no GPU" in by["memory"].detail
+    assert doctor.exit_code(checks) == 1
+    assert "this run cannot start here: fix model, data, memory" in _rendered(checks)
 
 
 def test_param_estimate_matches_qwen_05b():
@@ -149,51 +181,48 @@ def test_memory_split_on_a_simulated_gpu(tmp_path):
     # GPU facts injected by hand (no CUDA here): one 80 GiB GPU shared by trainer and SGLang
     cfg = build_config(overrides=["rollout.engine=sglang", "model.path=builtin:qwen2.5-0.5b-instruct",
                                   "model.random_init=true"])
-    ctx = doctor._Ctx(cfg=cfg, run_dir=tmp_path, quick=True, cuda=True,
-                      gpus=[doctor._Gpu(0, "Fake H100", 80 * 2**30, 79 * 2**30, (9, 0))])
-    ok = doctor.check_memory(ctx)
+    from gsm8k_grpo.doctor import base, run
+
+    ctx = base.Context(cfg=cfg, run_dir=tmp_path, quick=True, cuda=True,
+                       gpus=[base.Gpu(0, "Fake H100", 80 * 2**30, 79 * 2**30, (9, 0))])
+    ctx.placement = __import__("gsm8k_grpo.placement", fromlist=["plan"]).plan(1, 1, "sglang", "auto")
+    ok = run.check_memory(ctx)
     assert ok.status == "ok" and "SGLang" in ok.detail and "GPU 0" in ok.detail
     cfg.rollout.mem_fraction = 0.9
-    tight = doctor.check_memory(ctx)
+    tight = run.check_memory(ctx)
     assert tight.status == "warn" and "mem_fraction" in tight.fix
 
 
-def test_transport_uses_detect_plan(smoke, tmp_path, monkeypatch):
-    Placement = namedtuple("Placement", "trainer_gpus server_gpus transport reason")
+def test_transport_asks_placement_plan(smoke, tmp_path, monkeypatch):
+    """The transport row is placement.plan's answer (the function grpo train uses), refusals included."""
+    from gsm8k_grpo import placement
+
     calls = {}
+    real_plan = placement.plan
 
     def plan(n_gpus, rollout_gpus, engine, transport, ipc_ok=True):
-        calls.update(n_gpus=n_gpus, engine=engine, transport=transport, ipc_ok=ipc_ok)
-        if transport == "nccl":
-            raise ValueError("nccl needs 2 GPUs")
-        return Placement([], [], "disk", "no GPU: in-process HF engine")
+        calls.update(n_gpus=n_gpus, engine=engine, transport=transport)
+        return real_plan(n_gpus, rollout_gpus, engine, transport, ipc_ok)
 
-    fake = types.ModuleType("gsm8k_grpo.weights.detect")
-    fake.visible_gpus = lambda: []
-    fake.plan = plan
-    monkeypatch.setitem(sys.modules, "gsm8k_grpo.weights.detect", fake)
-    import gsm8k_grpo.weights as w
-
-    monkeypatch.setattr(w, "detect", fake, raising=False)
+    monkeypatch.setattr(placement, "plan", plan)
     t = _by_name(doctor.run_checks(smoke, run_dir=tmp_path, quick=True))["transport"]
     assert t.status == "ok" and t.detail.startswith("disk") and calls["n_gpus"] == 0
-    with pytest.raises(Exception):
-        build_config(preset="smoke", overrides=["weights.transport=nccl"])  # config refuses nccl with hf
     cfg = build_config(overrides=["weights.transport=nccl", "rollout.engine=sglang"])
     t = _by_name(doctor.run_checks(cfg, run_dir=tmp_path, quick=True))["transport"]
-    assert t.status == "fail" and "nccl needs 2 GPUs" in t.detail
+    assert t.status == "fail" and "needs a GPU and none is visible" in t.detail
 
 
 @pytest.mark.parametrize("parallel, text", [("dp", "2 SGLang servers, one per GPU"),
                                             ("tp", "one SGLang server, tensor-parallel over 2 GPUs")])
 def test_transport_line_says_how_sglang_uses_several_gpus(tmp_path, monkeypatch, parallel, text):
-    from gsm8k_grpo.weights import detect
+    from gsm8k_grpo import placement
+    from gsm8k_grpo.doctor import base, run
 
     # four GPUs, as torch would list them (mocked: no GPU here)
-    monkeypatch.setattr(detect, "visible_gpus", lambda: [detect.GpuInfo(i, f"GPU-{i}", "H100", 80 << 30, (9, 0))
-                                                         for i in range(4)])
+    monkeypatch.setattr(placement, "visible_gpus", lambda: [placement.GpuInfo(i, f"GPU-{i}", "H100", 80 << 30, (9, 0))
+                                                            for i in range(4)])
     cfg = build_config(overrides=["rollout.engine=sglang", "rollout.gpus=2", f"rollout.parallel={parallel}"])
-    t = doctor.check_transport(doctor._Ctx(cfg=cfg, run_dir=tmp_path, quick=True))
+    t = run.check_transport(base.Context(cfg=cfg, run_dir=tmp_path, quick=True))
     assert t.status == "ok" and t.detail.startswith("nccl: trainer on GPUs 0,1, server on GPUs 2,3") and text in t.detail, t.detail
 
 
@@ -204,43 +233,48 @@ def test_two_process_plumbing_with_gloo_and_shared_memory():
 
     mp = tmp.get_context("spawn")
     q = mp.Queue()
-    port = doctor._free_port()
-    procs = [mp.Process(target=doctor._nccl_worker, args=(r, 2, port, q, "gloo"), daemon=True) for r in range(2)]
+    from gsm8k_grpo.distributed import free_port
+    from gsm8k_grpo.doctor import host
+
+    port = free_port()
+    procs = [mp.Process(target=host._nccl_worker, args=(r, 2, port, q, "gloo"), daemon=True) for r in range(2)]
     for p in procs:
         p.start()
-    results, err = doctor._collect(q, 2, procs, 60)
-    doctor._close_queues(q)
+    results, err = host._collect(q, 2, procs, 60)
+    host._close_queues(q)
     assert err is None and sorted(r[:2] for r in results) == [(0, True), (1, True)]
     assert all(r[2] == 3.0 for r in results)
 
     q_in, q_out = mp.Queue(), mp.Queue()
-    p = mp.Process(target=doctor._ipc_worker, args=(q_in, q_out), daemon=True)
+    p = mp.Process(target=host._ipc_worker, args=(q_in, q_out), daemon=True)
     p.start()
     t = torch.arange(4096, dtype=torch.float32)
     q_in.put(t)
-    results, err = doctor._collect(q_out, 1, [p], 60)
-    doctor._close_queues(q_in, q_out)
+    results, err = host._collect(q_out, 1, [p], 60)
+    host._close_queues(q_in, q_out)
     assert err is None and results[0][0] and results[0][1] == 4096 * 4095 / 2
 
 
 def test_doctor_module_does_not_import_torch():
     code = "import sys, gsm8k_grpo.doctor; print('torch' in sys.modules)"
-    src = str(Path(doctor.__file__).resolve().parents[1])
+    src = str(Path(doctor.__file__).resolve().parents[2])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
 
-def test_model_and_data_from_an_unreachable_hub_warn(tmp_path, monkeypatch):
+def test_model_and_data_from_an_unreachable_hub_fail(tmp_path, monkeypatch):
+    from gsm8k_grpo.doctor import base, run
+
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     cfg = build_config(overrides=["model.path=someorg/not-cached-model", "data.hub_name=someorg/not-cached-data"])
-    ctx = doctor._Ctx(cfg=cfg, run_dir=tmp_path, quick=True)
+    ctx = base.Context(cfg=cfg, run_dir=tmp_path, quick=True)
     ctx.hub = lambda: (False, "no route to huggingface.co")
-    m, d = doctor.check_model(ctx), doctor.check_data(ctx)
-    assert (m.status, d.status) == ("warn", "warn")
-    assert m.detail == "someorg/not-cached-model is neither cached nor local and the hub is unreachable (no route to huggingface.co)"
-    assert d.detail == "someorg/not-cached-data is not cached and the hub is unreachable (no route to huggingface.co)"
+    m, d = run.check_model(ctx), run.check_data(ctx)
+    assert (m.status, d.status) == ("fail", "fail")
+    assert m.detail == ("someorg/not-cached-model is not cached and the hub is unreachable (no route to "
+                        "huggingface.co): a run cannot start")
     assert "model.path=DIR" in m.fix and "data.path=DIR" in d.fix
     ctx.hub = lambda: (True, "reachable")
-    assert doctor.check_model(ctx).detail == "someorg/not-cached-model not cached; will download"
+    assert run.check_model(ctx).detail == "someorg/not-cached-model is not cached; grpo train will download it"

@@ -36,7 +36,7 @@ def _by_name(report: dict) -> dict:
 
 
 def test_json_quick_cpu_host(run):
-    p = run("--json", "--quick")
+    p = run("--preset", "smoke", "--json", "--quick")
     assert p.returncode == 0, p.stdout + p.stderr
     rep = _report(p)
     assert set(rep) == {"ok", "checks"} and rep["ok"] is True
@@ -103,9 +103,9 @@ def test_bad_preset_exit_2_one_line(run):
 
 
 def test_wandb_key_never_printed(run):
-    env = {"WANDB_API_KEY": SENTINEL}
-    pj = run("--json", "--quick", env=env)
-    pt = run("--quick", env=env)
+    env = {"WANDB_API_KEY": SENTINEL, "WANDB_MODE": "", "NETRC": "/nonexistent"}
+    pj = run("--preset", "smoke", "--json", "--quick", env=env)
+    pt = run("--preset", "smoke", "--quick", env=env)
     for p in (pj, pt):
         assert p.returncode == 0, p.stdout + p.stderr
         assert SENTINEL not in p.stdout and SENTINEL not in p.stderr
@@ -115,7 +115,7 @@ def test_wandb_key_never_printed(run):
 
 
 def test_table_has_verdict_line(run):
-    p = run("--quick")
+    p = run("--preset", "smoke", "--quick")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "grpo doctor" in p.stdout
     for name in ("python", "disk", "gpu"):

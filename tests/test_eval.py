@@ -38,7 +38,7 @@ def test_eval_pass_at_k_and_table(tiny_model_dir):
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
     ([], "exactly one of --checkpoint"),
     (["--model", "x", "--checkpoint", "y"], "exactly one of --checkpoint"),
-    (["--model", "/nonexistent/model-dir-xyz"], "cannot be loaded"),
+    (["--model", "/nonexistent/model-dir-xyz"], "is not a folder"),
     (["--model", "builtin:gsm8k", "--n", "2"], "--n > 1 needs --temperature"),
 ])
 def test_eval_bad_input(args, fragment):

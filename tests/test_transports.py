@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import pickle
-import re
-import socket
 import sys
 import types
 import uuid
@@ -29,7 +27,8 @@ from gsm8k_grpo.rollout.server import SGLangServer
 from gsm8k_grpo.rollout.sglang_engine import SGLangEngine
 from gsm8k_grpo.weights import disk as disk_mod
 from gsm8k_grpo.weights.base import TransportError, buckets
-from gsm8k_grpo.weights.detect import Placement, choose_transport, launch_plan, make_transport, plan
+from gsm8k_grpo.placement import Placement, choose_transport, launch_plan, plan
+from gsm8k_grpo.weights import make_transport
 from gsm8k_grpo.weights.disk import DiskTransport
 from gsm8k_grpo.weights.ipc import IPCTransport
 from gsm8k_grpo.weights.nccl import NCCLTransport
@@ -254,7 +253,7 @@ def test_nccl_under_torchrun_env(tmp_path, monkeypatch):
     rendezvous nor the server's. Before the fix both sides waited on a store nobody hosted (the
     4-GPU run of 2026-11-27 stalled in SGLang's distributed init); here that is a timeout."""
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
-    from gsm8k_grpo.rollout.server import free_port
+    from gsm8k_grpo.distributed import free_port
     for k, v in {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RUN_ID": "none", "RANK": "0",
                  "LOCAL_RANK": "0", "WORLD_SIZE": "3", "LOCAL_WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1",
                  "MASTER_PORT": str(free_port())}.items():

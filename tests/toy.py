@@ -63,7 +63,7 @@ def toy_config(model_dir: Path, data_dir: Path, out_dir: Path, **extra) -> dict:
         "data": {"path": str(data_dir), "instruction": ""},
         "rollout": {"engine": "hf", "n": 8, "max_new_tokens": 1},
         "algorithm": {"reward_mode": "lenient", "filter_groups": False},
-        "optimizer": {"lr": 0.003},
+        "optimizer": {"lr": 0.003, "warmup_steps": 0},
         "trainer": {"batch_size": 8, "device": "cpu", "max_steps": 30},
         "checkpoint": {"every": 0},
         "eval": {"at_end": False},

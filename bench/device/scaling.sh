@@ -19,12 +19,12 @@ RUN=/tmp/runs/bench/scale${N}${TAG:-}
 ARGS=(train --config bench/configs/random-0.5b.yaml --set "trial_name=scale${N}${TAG:-}" --set output_dir=/tmp/runs
       --set "trainer.max_steps=$STEPS" ${EXTRA:-})
 if [ "$N" -eq 1 ]; then
-  CMD=(python -m gsm8k_grpo "${ARGS[@]}")
+  CMD=(python bench/grpo_bench.py "${ARGS[@]}")
 elif [ "$N" -eq 2 ]; then
-  CMD=(python -m gsm8k_grpo "${ARGS[@]}" --set rollout.gpus=1)
+  CMD=(python bench/grpo_bench.py "${ARGS[@]}" --set rollout.gpus=1)
 else
   K=${TRAINERS:-$((N - 1))}  # trainer ranks; SGLang gets the other N-K GPUs (one server each by default)
-  CMD=(python -m torch.distributed.run --standalone --nproc_per_node "$K" -m gsm8k_grpo "${ARGS[@]}"
+  CMD=(python -m torch.distributed.run --standalone --nproc_per_node "$K" bench/grpo_bench.py "${ARGS[@]}"
        --set "rollout.gpus=$((N - K))")
 fi
 echo "== $N GPU(s): CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES ${CMD[*]}"

@@ -5,15 +5,13 @@ source bench/device/env.sh || exit 1
 PART=${PART:-all}
 if [ "$PART" = all ] || [ "$PART" = ours ]; then
   # ours: the real recipe at S, L and 64x8x512 (ipc, on-policy), >= 5 measured steps after 2 warm-up
-  # SHAPES picks rows by name (default S L T64); Lnr = L with a separate old-logprob pass, the reuse A/B
   # of bench/results/2026-11-27-h100-suite.md (other settings at one shape: bench/device/variants.sh)
-  declare -A SPEC=([S]="2 256 8 9" [L]="8 512 8 9" [T64]="8 512 64 7"
-                   [Lnr]="8 512 8 9 trainer.reuse_old_logprobs=false")
+  declare -A SPEC=([S]="2 256 8 9" [L]="8 512 8 9" [T64]="8 512 64 7")
   for name in ${SHAPES:-S L T64}; do
     # shellcheck disable=SC2086  # a spec is words on purpose
     set -- ${SPEC[$name]}
     extra=(); [ -n "${5:-}" ] && extra=(--set "$5")
-    timeout 300 python -m gsm8k_grpo train --config bench/configs/random-0.5b.yaml --set trial_name=$name \
+    timeout 300 python bench/grpo_bench.py train --config bench/configs/random-0.5b.yaml --set trial_name=$name \
       --set output_dir=/tmp/runs --set rollout.n=$1 --set rollout.max_new_tokens=$2 --set trainer.batch_size=$3 \
       --set trainer.max_steps=$4 "${extra[@]}" > "$OUT/train_$name.log" 2>&1; echo "$name rc=$?"
     cp "/tmp/runs/bench/$name/metrics.jsonl" "$OUT/metrics_$name.jsonl" 2>/dev/null

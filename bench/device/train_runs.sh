@@ -3,7 +3,7 @@ source bench/device/env.sh || exit 1
 STEPS=${STEPS:-20}
 for T in ${TRANSPORTS:-ipc disk}; do
   echo "== grpo train, transport $T, $STEPS steps"
-  timeout ${RUN_TIMEOUT:-280} python -m gsm8k_grpo train --config bench/configs/random-0.5b.yaml \
+  timeout ${RUN_TIMEOUT:-280} python bench/grpo_bench.py train --config bench/configs/random-0.5b.yaml \
     --set weights.transport=$T --set trial_name=$T --set output_dir=/tmp/runs --set trainer.max_steps=$STEPS $EXTRA \
     > "$OUT/train_$T.log" 2>&1
   echo "rc=$?"

@@ -11,7 +11,6 @@
 #            with the trainer capped at trainer.gpu_memory_fraction=0.25 (of 80 GB: must not OOM)
 #   saver    rollout.enable_memory_saver=true (SGLang releases its memory during the update)
 #   overlap  rollout.overlap=true (the next batch is generated during the update)
-#   noreuse  trainer.reuse_old_logprobs=false (a separate old-logprob pass)
 #   idle     SGLang's --sleep-on-idle (its idle scheduler otherwise spins one CPU thread at 100 %; the
 #            update is launch-bound, bench/results/2026-11-27-h100-variants.md, so CPU may matter)
 # A variant is started only while BUDGET (default 540) seconds minus MIN_LEFT (default 150) remain.
@@ -33,7 +32,6 @@ declare -A SETS=(
   [fit24]="rollout.mem_fraction=0.08 trainer.micro_batch_tokens=4096 trainer.gpu_memory_fraction=0.25"
   [saver]="rollout.enable_memory_saver=true"
   [overlap]="rollout.overlap=true"
-  [noreuse]="trainer.reuse_old_logprobs=false"
   [idle]="rollout.server_args=[--attention-backend,triton,--sampling-backend,pytorch,--grammar-backend,none,--sleep-on-idle]"
 )
 for V in ${VARIANTS:-base fit24 saver overlap}; do
@@ -43,7 +41,7 @@ for V in ${VARIANTS:-base fit24 saver overlap}; do
   ARGS=(--set "trial_name=$V" --set "output_dir=$ROOT/runs" --set "trainer.max_steps=$STEPS" "${SHAPE_SET[@]}")
   for kv in ${SETS[$V]}; do ARGS+=(--set "$kv"); done
   echo "== $V: ${SETS[$V]:-defaults} ($LEFT s left)"
-  timeout -k 10 $((LEFT - 20)) python -m gsm8k_grpo train --config bench/configs/random-0.5b.yaml "${ARGS[@]}" \
+  timeout -k 10 $((LEFT - 20)) python bench/grpo_bench.py train --config bench/configs/random-0.5b.yaml "${ARGS[@]}" \
     > "$ROOT/files/train_$V.log" 2>&1
   echo "rc=$?"
   grep -E "healthy after|memory plan|Error|error:" "$ROOT/files/train_$V.log" | tail -3

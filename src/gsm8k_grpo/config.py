@@ -14,23 +14,37 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gsm8k_grpo.errors import InputError
 
 
-class ConfigError(Exception):
+class ConfigError(InputError):
     """A bad config input; str(e) is the one line shown to the user."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: an lr or temperature of .inf or .nan passes a `gt=0` bound, then breaks torch
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
     path: str = Field("Qwen/Qwen2.5-0.5B-Instruct", description="hub id or local model dir ('builtin:NAME' = shipped)")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) of a hub id; None = main")
     random_init: bool = Field(False, description="build the architecture from path's config with random weights")
-    config_overrides: dict[str, Any] = Field(default_factory=dict, description="config.json fields to override")
+    config_overrides: dict[str, Any] = Field(default_factory=dict, description="config.json fields to override "
+                                             "(with random_init)")
     init_seed: int = 0
     max_params_on_cpu: int = Field(100_000_000, description="bigger models refuse the CPU engine unless set explicitly")
+
+    @field_validator("config_overrides")
+    @classmethod
+    def _sizes(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        for key, value in overrides.items():  # sizes and counts: a 0 or negative one crashes torch later
+            sized = key.endswith(("_size", "_layers", "_heads", "_dim", "_embeddings")) or key.startswith("num_")
+            if sized and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"model.config_overrides.{key} must be a whole number >= 1 (got {value!r})")
+        return overrides
 
 
 class DataConfig(_Strict):
@@ -44,16 +58,19 @@ class DataConfig(_Strict):
 
 
 class RolloutConfig(_Strict):
-    engine: Literal["auto", "sglang", "hf"] = "auto"
-    n: int = Field(8, description="group size: samples per prompt")
-    temperature: float = Field(1.0, gt=0)
+    engine: Literal["auto", "sglang", "hf"] = Field("auto", description="auto = SGLang on a GPU host where it is "
+                                                    "installed, else the in-process HF engine")
+    n: int = Field(8, description="group size: samples per prompt. 8 is the common GRPO/DAPO choice for small "
+                   "models; about half the groups of 8 are all-right or all-wrong and carry no signal; 16 dropped "
+                   "fewer (38 %) but scored the same on GSM8K test (docs/results/learning.md)")
+    temperature: float = Field(1.0, gt=0, description="sample the policy itself, so the engine's log-probs are the "
+                               "policy's (0.7 scored 3.8 points lower: docs/results/learning.md)")
     top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(512, ge=1)
+    max_new_tokens: int = Field(512, ge=1, description="Qwen2.5-0.5B's GSM8K answers average ~300 tokens; 512 "
+                                "truncates 3-4 %")
     mem_fraction: float = Field(0.4, gt=0, lt=1, description="SGLang --mem-fraction-static")
     enable_memory_saver: bool = Field(False, description="release SGLang memory during the update phase")
     server_args: list[str] = Field(default_factory=list, description="extra sglang.launch_server arguments")
-    server_cmd: list[str] | None = Field(None, description="launch this instead of 'python -m sglang.launch_server' "
-                                         "(a wrapper script; it gets --port P and the server arguments)")
     server_timeout_s: float = Field(600, gt=0)
     hf_batch_size: int = Field(64, ge=1, description="sequences per generate() call in the HF engine")
     gpus: int = Field(1, ge=0, description="GPUs given to SGLang when several are visible")
@@ -64,16 +81,20 @@ class RolloutConfig(_Strict):
 
 
 class AlgorithmConfig(_Strict):
-    loss_agg: Literal["token", "sequence"] = Field("token", description="token = DAPO mean over all tokens; sequence = GRPO")
+    loss_agg: Literal["token", "sequence"] = Field("token", description="token = DAPO mean over all completion "
+                                                   "tokens, so long answers are not under-weighted; sequence = GRPO")
     adv_norm: Literal["std", "none"] = Field("std", description="std = GRPO; none = Dr.GRPO (mean-centred only)")
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    kl_coef: float = Field(0.0, ge=0)
-    filter_groups: bool = Field(True, description="drop groups whose rewards are all equal (no signal)")
+    clip_low: float = Field(0.2, description="PPO clip 1 - clip_low; engages only when old log-probs differ from "
+                            "the training forward's: trainer.mini_batch_size < batch_size or ppo_epochs > 1")
+    clip_high: float = Field(0.28, description="PPO clip 1 + clip_high (DAPO clip-higher); inactive like clip_low "
+                             "with one epoch and one mini-batch (the ratio is then exactly 1)")
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the initial policy; 0 = no reference model (DAPO, "
+                           "Dr.GRPO: the term mostly costs a reference model's memory and time)")
+    filter_groups: bool = Field(True, description="drop groups whose rewards are all equal (zero advantage, no signal)")
     ppo_epochs: int = Field(1, ge=1)
-    reward_mode: Literal["strict", "lenient", "synthetic"] = Field(
-        "strict", description="synthetic = benchmarks only: a fixed pseudo-random 0/1 per completion, so "
-        "random-weight models still get varied rewards and every step trains")
+    reward_mode: Literal["strict", "lenient"] = Field(
+        "strict", description="strict = last \\boxed{} or '#### N' (also teaches the answer format); lenient = "
+        "strict, else the last number")
     format_bonus: float = Field(0.0, ge=0, description="added when the completion has a \\boxed{} answer")
     offpolicy_weight_cap: float = Field(2.0, ge=1, description="with rollout.overlap: per-token weight "
                                         "pi_trainer / pi_rollout of the one-step-old samples, truncated at this cap")
@@ -88,15 +109,21 @@ class AlgorithmConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    lr: float = Field(1e-6, gt=0)
+    lr: float = Field(2e-6, gt=0, description="full fine-tuning of a 0.5B model with 64 samples a step: 1e-6 (the "
+                      "TRL/verl default) moves too little in 25-124 steps, AReaL's 1.7e-5 showed no gain")
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(5, ge=0, description="linear lr warm-up over this many optimizer steps")
+    schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="after the warm-up")
     max_grad_norm: float = Field(1.0, gt=0)
-    fused: bool = Field(False, description="torch's fused AdamW kernel (one kernel for all parameters) instead of "
-                        "the multi-tensor foreach one; same maths")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("optimizer.betas must both be in [0, 1) (typical: [0.9, 0.999])")
+        return betas
 
 
 class TrainerConfig(_Strict):
@@ -111,11 +138,6 @@ class TrainerConfig(_Strict):
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="compute dtype: auto = bf16 on GPU, fp32 on CPU")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     logprob_chunk: int = Field(1024, ge=16, description="tokens per lm_head/log-softmax chunk")
-    logprob_impl: Literal["fused", "checkpoint"] = Field(
-        "fused", description="fused = one custom backward per chunk (softmax - onehot in place); checkpoint = "
-        "plain autograd under activation checkpointing (same numbers, more memory traffic)")
-    reuse_old_logprobs: bool = Field(True, description="with 1 PPO epoch and 1 mini-batch, take the old log-probs "
-                                     "from the training forward (identical, one pass fewer); false = separate pass")
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1, description="cap the trainer's share of its GPU")
     time_limit_minutes: float | None = Field(
         None, gt=0, description="wall clock from the start of this run's setup (a scheduler's limit, less the "
@@ -146,7 +168,9 @@ class CheckpointConfig(_Strict):
 
 
 class LoggingConfig(_Strict):
-    wandb: Literal["online", "offline", "disabled"] = "online"
+    wandb: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="W&B mode; None = the WANDB_MODE environment variable, else online (W&B logs only "
+        "with a key: WANDB_API_KEY, ./wandb/.wandb_api_key or `wandb login`)")
     project: str = "gsm8k-grpo-local"
     entity: str | None = None
     console_every: int = Field(1, ge=1)
@@ -180,8 +204,13 @@ class RunConfig(_Strict):
         if self.rollout.n < 2:
             raise ValueError("rollout.n (group size) must be >= 2: GRPO compares samples within a group")
         for name in (self.experiment_name, self.trial_name):
-            if not name or "/" in name or name in (".", ".."):
+            if not name or "/" in name or "\0" in name or name in (".", ".."):
                 raise ValueError(f"experiment_name/trial_name {name!r} must be a plain, non-empty folder name")
+            if len(name.encode()) > 200:  # filesystems allow 255 bytes; the run dir adds .old-<time> on --restart
+                raise ValueError(f"experiment_name/trial_name {name[:20]!r}... is {len(name.encode())} bytes long; "
+                                 "use at most 200")
+        if not self.output_dir.strip():
+            raise ValueError("output_dir is empty; give a folder (the default is ./runs)")
         if self.weights.transport == "nccl" and self.rollout.engine == "hf":
             raise ValueError("weights.transport=nccl needs rollout.engine=sglang (the HF engine lives in-process)")
         if self.weights.transport == "ipc" and self.rollout.engine == "hf":
@@ -212,6 +241,15 @@ def _preset_dir() -> Path:
 def preset_names() -> list[str]:
     d = _preset_dir()
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def preset_descriptions() -> dict[str, str]:
+    """Preset name -> its first comment line without the leading 'NAME: ' (one line for --help)."""
+    out = {}
+    for name in preset_names():
+        first = (_preset_dir() / f"{name}.yaml").read_text().split("\n", 1)[0]
+        out[name] = first.lstrip("# ").removeprefix(f"{name}:").strip()
+    return out
 
 
 def _read_yaml(path: Path, what: str) -> dict:
@@ -245,9 +283,10 @@ def load_preset(name: str) -> dict:
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
+    """over's keys into base, sections merged key by key; an empty mapping ({}) replaces (clears) the value."""
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and v and isinstance(out.get(k), dict):
             out[k] = _deep_merge(out[k], v)
         else:
             out[k] = v

@@ -138,3 +138,12 @@ def describe(est: Estimate, card_bytes: float) -> str:
     if est.server:
         s += f" + SGLang ≈ {est.server / GIB:.1f} GiB"
     return s + f" = {est.total / GIB:.1f} of {card_bytes / GIB:.1f} GiB"
+
+
+def cpu_refusal(cfg, engine: str, on_gpu: bool, params: int) -> str | None:
+    """Why `grpo train` refuses this model on a CPU host (None when it does not): the CPU engine
+    would take hours, unless rollout.engine=hf was asked for explicitly."""
+    if engine != "hf" or on_gpu or cfg.rollout.engine != "auto" or params <= cfg.model.max_params_on_cpu:
+        return None
+    return (f"model {cfg.model.path} has {params / 1e6:.0f}M parameters and no GPU is visible: the CPU engine "
+            f"would take hours (model.max_params_on_cpu={cfg.model.max_params_on_cpu})")

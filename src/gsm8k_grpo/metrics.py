@@ -1,32 +1,57 @@
-"""Metrics sinks: RUN_DIR/metrics.jsonl (always), RUN_DIR/train.log + console, W&B (when a key exists).
+"""Metrics sinks: RUN_DIR/metrics.jsonl (always), RUN_DIR/train.log + console, W&B (when it is on).
 
-W&B key: WANDB_API_KEY, else the file wandb/.wandb_api_key under the current directory. No key ->
-one info line and no W&B; a W&B failure never stops training. The key is never printed.
+W&B mode: logging.wandb when set in the config, else the WANDB_MODE environment variable (as every
+W&B user expects: online, offline, disabled; dryrun = offline), else online. W&B key: WANDB_API_KEY,
+else the file wandb/.wandb_api_key under the current directory, else the key `wandb login` stored
+(~/.netrc). Online with no key -> one info line and no W&B; a W&B failure never stops training.
+The key is never printed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import netrc
 import os
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from rich.console import Console
 from rich.logging import RichHandler
 
 KEY_FILE = Path("wandb") / ".wandb_api_key"
+WANDB_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
 log = logging.getLogger("gsm8k_grpo")
+
+
+def wandb_mode(configured: str | None) -> tuple[str, str]:
+    """(online | offline | disabled, where that came from): the config's value wins, then WANDB_MODE."""
+    if configured:
+        return configured, "logging.wandb"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in WANDB_MODES:
+        return WANDB_MODES[env], "WANDB_MODE"
+    return "online", "default"
 
 
 def wandb_key() -> tuple[str | None, str]:
     """(key, where it came from); never log the key itself."""
-    if os.environ.get("WANDB_API_KEY"):
-        return os.environ["WANDB_API_KEY"], "WANDB_API_KEY"
-    if KEY_FILE.is_file():
-        key = KEY_FILE.read_text().strip()
-        if key:
-            return key, str(KEY_FILE)
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return os.environ["WANDB_API_KEY"].strip(), "WANDB_API_KEY"
+    try:
+        key = KEY_FILE.read_text().strip() if KEY_FILE.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        key = ""
+    if key:
+        return key, str(KEY_FILE)
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    try:  # where `wandb login` stores it
+        entry = netrc.netrc(os.environ.get("NETRC") or None).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        entry = None
+    if entry and entry[2]:
+        return entry[2], f"~/.netrc ({host}, from wandb login)"
     return None, ""
 
 
@@ -55,19 +80,23 @@ def close_logging() -> None:
 
 
 def truncate_jsonl(path: Path, last_step: int) -> int:
-    """Drop records after last_step (a resumed run rewrites the steps after its checkpoint).
-    -> the step of the last record kept (0 if none)."""
+    """Drop records after last_step (a resumed run redoes the steps after its checkpoint), and any
+    line that does not parse (cut by a kill, or damaged). -> the step of the last record kept (0 if none)."""
     if not path.is_file():
         return 0
-    keep, kept_step = [], 0
-    for line in path.read_text().splitlines():
+    keep, kept_step, dropped = [], 0, 0
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
         try:
-            step = json.loads(line).get("step", 0)
-        except json.JSONDecodeError:
-            break  # a line cut by a kill: drop it and everything after
+            record = json.loads(line)
+            step = int(record["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            dropped += bool(line.strip())
+            continue
         if step <= last_step:
             keep.append(line)
             kept_step = max(kept_step, step)
+    if dropped:
+        log.warning("%s: dropped %d damaged line(s)", path, dropped)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(k + "\n" for k in keep))
     os.replace(tmp, path)
@@ -75,22 +104,23 @@ def truncate_jsonl(path: Path, last_step: int) -> int:
 
 
 class Metrics:
-    def __init__(self, run_dir: Path, run_name: str, config: dict, mode: str, project: str,
-                 entity: str | None, wandb_id: str | None, resume_step: int, total_steps: int):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.last_logged_step = truncate_jsonl(self.path, resume_step)
+    def __init__(self, path: Path, run_name: str, config: dict, logging_cfg, wandb_id: str | None,
+                 resume_step: int, total_steps: int):
+        self.path = Path(path)
+        truncate_jsonl(self.path, resume_step)
         self.total = total_steps
         self.t0 = time.time()
         self.first_step = resume_step
         self.wandb = None
         self.wandb_id = wandb_id
+        mode, source = wandb_mode(logging_cfg.wandb)
         if mode != "disabled":
-            self._init_wandb(run_dir, run_name, config, mode, project, entity, wandb_id)
+            self._init_wandb(run_name, config, mode, source, logging_cfg.project, logging_cfg.entity, wandb_id)
 
-    def _init_wandb(self, run_dir, run_name, config, mode, project, entity, wandb_id) -> None:
+    def _init_wandb(self, run_name, config, mode, source, project, entity, wandb_id) -> None:
         key, where = wandb_key()
         if key is None and mode == "online":
-            log.info("W&B: no key in WANDB_API_KEY or %s; logging to metrics.jsonl only", KEY_FILE)
+            log.info("W&B: no key (WANDB_API_KEY, %s or wandb login); logging to metrics.jsonl only", KEY_FILE)
             return
         try:
             import wandb
@@ -98,11 +128,11 @@ class Metrics:
             if key:
                 os.environ["WANDB_API_KEY"] = key
             self.wandb = wandb.init(project=project, entity=entity, name=run_name, id=wandb_id, resume="allow",
-                                    mode=mode, dir=str(run_dir), config=config)
+                                    mode=mode, dir=str(self.path.parent), config=config)
             self.wandb_id = self.wandb.id
-            log.info("W&B: logging %s run %s (key from %s)", mode, run_name, where or "none: offline")
-        except Exception as e:  # never let W&B stop a run
-            log.warning("W&B disabled: %s", str(e).splitlines()[0][:200])
+            log.info("W&B: logging %s (mode from %s) run %s (key from %s)", mode, source, run_name, where or "none")
+        except Exception as e:  # noqa: BLE001 - never let W&B stop a run
+            log.warning("W&B disabled: %s", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
             self.wandb = None
 
     def log(self, step: int, record: dict) -> None:
@@ -112,7 +142,7 @@ class Metrics:
         if self.wandb is not None:
             try:
                 self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001
                 log.warning("W&B log failed: %s", str(e).splitlines()[0][:200])
 
     def progress_line(self, step: int, r: dict) -> str:
@@ -127,7 +157,7 @@ class Metrics:
         if self.wandb is not None:
             try:
                 self.wandb.finish()
-            except Exception:
+            except Exception:  # noqa: BLE001
                 pass
 
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gsm8k_grpo import assets
+from gsm8k_grpo.errors import InputError
 from gsm8k_grpo.reward import parse_gold
 
 SPLITS = ("train", "test")
 SUFFIXES = (".jsonl", ".parquet", ".json")
 
 
-class DataError(Exception):
+class DataError(InputError):
     """Bad data input; str() is the one line shown to the user."""
 
 
@@ -36,15 +37,36 @@ def _read_rows(path: Path) -> list[dict]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as e:  # noqa: BLE001 - pyarrow's errors for a damaged file vary
+            raise DataError(f"{path} is not a readable parquet file ({type(e).__name__})") from None
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{path} is not a JSON list of rows ({type(e).__name__})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise DataError(f"{path} must hold a JSON list of objects with question and answer")
+        return rows
     rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise DataError(f"{path}:{lineno} is not valid JSON (expected one object per line)") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise DataError(f"{path}:{lineno} is not valid JSON (expected one object per line)") from None
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}:{lineno} is not a JSON object with question and answer")
+                    rows.append(row)
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text (a GSM8K .jsonl file has one JSON object per line)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not a data file") from None
+    except PermissionError:
+        raise DataError(f"{path} cannot be read (permission denied)") from None
     return rows
 
 
@@ -71,7 +93,7 @@ def _local_split(path: str, split: str) -> list[dict]:
     return _read_rows(f)
 
 
-def _hub_split(name: str, config: str, split: str) -> list[dict]:
+def _hub_split(name: str, config: str, split: str, local_hint: str) -> list[dict]:
     try:
         import datasets
 
@@ -79,18 +101,18 @@ def _hub_split(name: str, config: str, split: str) -> list[dict]:
     except Exception as e:  # network, auth, unknown dataset: one line for the user
         raise DataError(
             f"could not load {name}/{config} [{split}] from the hub ({e.__class__.__name__}); "
-            "set data.path to a local GSM8K dir"
+            f"{local_hint}"
         ) from None
 
 
-def load_split(split: str, path: str | None = None, hub_name: str = "openai/gsm8k",
-               hub_config: str = "main") -> list[Problem]:
+def load_split(split: str, path: str | None = None, hub_name: str = "openai/gsm8k", hub_config: str = "main",
+               local_hint: str = "set data.path to a local GSM8K dir") -> list[Problem]:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    rows = _local_split(path, split) if path else _hub_split(hub_name, hub_config, split)
+    rows = _local_split(path, split) if path else _hub_split(hub_name, hub_config, split, local_hint)
     problems = []
     for i, r in enumerate(rows):
-        if "question" not in r or "answer" not in r:
+        if not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
             raise DataError(f"GSM8K {split} row {i} lacks 'question'/'answer' (has {sorted(r)})")
         try:
             gold = parse_gold(r["answer"])

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+
+# Tests and benchmarks: a JSON list that replaces `python -m sglang.launch_server` (a stand-in server
+# on CPU; it gets --port P and the server arguments). Not a user setting.
+LAUNCHER_ENV = "GSM8K_GRPO_SGLANG_LAUNCHER"
 
 
 def sglang_installed() -> bool:
@@ -36,5 +42,6 @@ def make_engine(kind: str, model_dir: str, rollout_cfg, run_dir, *, device: str 
     if kind == "sglang":
         from gsm8k_grpo.rollout.sglang_engine import SGLangEngine
 
-        return SGLangEngine(model_dir, rollout_cfg, run_dir, gpu_ids=gpu_ids, launch_cmd=rollout_cfg.server_cmd)
+        launcher = json.loads(os.environ[LAUNCHER_ENV]) if os.environ.get(LAUNCHER_ENV) else None
+        return SGLangEngine(model_dir, rollout_cfg, run_dir, gpu_ids=gpu_ids, launch_cmd=launcher)
     raise ValueError(f"unknown engine {kind!r}; valid: auto, sglang, hf")

@@ -6,8 +6,10 @@ and accepts new policy weights (through a weights.Transport) that bump ``weight_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
+
+from gsm8k_grpo.errors import RunFailure
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,14 @@ class Completion:
     weight_version: int | None = None  # the engine's weight version that produced it, when reported
 
 
-class EngineError(RuntimeError):
-    """The engine failed (server died, bad reply); str() is meant for the user."""
+class EngineError(RunFailure):
+    """The engine failed (server died, bad reply); str() is meant for the user. Exit code 1."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine asked for cannot run here (SGLang not installed): a setup problem, exit code 2."""
+
+    exit_code = 2
 
 
 @runtime_checkable
@@ -46,10 +54,3 @@ class Engine(Protocol):
 
     def close(self) -> None:
         ...
-
-
-@dataclass
-class GenerateStats:
-    seconds: float = 0.0
-    output_tokens: int = 0
-    extra: dict = field(default_factory=dict)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -228,39 +227,12 @@ class SGLangClient:
         with self._closing("/end_weight_update", {}):
             yield
 
-    # ------------------------------------------------------------------ control
-    def flush_cache(self, timeout_s: float = 60.0) -> None:
-        """/flush_cache answers 400 while requests run: retry until timeout_s."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            resp = self._request("POST", "/flush_cache")
-            if resp.status_code == 200:
-                return
-            if resp.status_code != 400 or time.monotonic() > deadline:
-                raise ServerError(f"SGLang /flush_cache failed (HTTP {resp.status_code}): {_message(resp)}")
-            time.sleep(0.2)
-
-    def pause_generation(self, mode: str = "retract") -> None:
-        self.call("/pause_generation", {"mode": mode})
-
-    def continue_generation(self) -> None:
-        self.call("/continue_generation", {})
-
-    @contextmanager
-    def paused(self, mode: str = "retract") -> Iterator[None]:
-        """Pause generation for the block; generation is continued even when the block fails."""
-        self.pause_generation(mode)
-        with self._closing("/continue_generation", {}):
-            yield
-
+    # ------------------------------------------------------------------ memory (--enable-memory-saver)
     def release_memory_occupation(self, tags: list[str] | None = None) -> None:
         self.call("/release_memory_occupation", {"tags": tags})
 
     def resume_memory_occupation(self, tags: list[str] | None = None) -> None:
         self.call("/resume_memory_occupation", {"tags": tags})
-
-    def get_model_info(self) -> dict:
-        return self.call("/model_info", method="GET")
 
 
 class ReplicaClients:

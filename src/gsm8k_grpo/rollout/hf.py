@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from gsm8k_grpo.logprobs import head_logprobs
 from gsm8k_grpo.modeling import load_causal_lm
 from gsm8k_grpo.rollout.base import Completion, EngineError, SamplingParams
-from gsm8k_grpo.trainer.fsdp import chunk_logprobs
 
 
 class HFEngine:
@@ -82,10 +82,8 @@ class HFEngine:
         hidden = self.model.model(input_ids=full, attention_mask=attn, position_ids=pos).last_hidden_state
         h = hidden[:, width - 1:-1].reshape(-1, hidden.shape[-1])    # [b * t, H]: position predicts the next
         tgt = new.reshape(-1).to(self.device)
-        head = self.model.get_output_embeddings()
-        out = [chunk_logprobs(h[i:i + chunk], head.weight, head.bias, tgt[i:i + chunk], temperature, False)[0]
-               for i in range(0, h.shape[0], chunk)]
-        return torch.cat(out).view(b, -1).cpu()
+        logp, _ = head_logprobs(h, self.model.get_output_embeddings(), tgt, temperature, chunk)
+        return logp.view(b, -1).cpu()
 
     # ------------------------------------------------------------------ weights
     def load_weights_from_disk(self, path: str, version: int) -> None:

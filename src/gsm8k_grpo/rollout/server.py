@@ -14,7 +14,6 @@ import atexit
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,30 +22,12 @@ from pathlib import Path
 
 import requests
 
-from gsm8k_grpo.rollout.base import EngineError
+from gsm8k_grpo.distributed import child_env, free_port
+from gsm8k_grpo.rollout.base import EngineError, EngineUnavailable
 
 NOT_INSTALLED = (
     "SGLang is not installed: pip install 'gsm8k-grpo[sglang]' (GPU hosts), or set rollout.engine=hf"
 )
-# NVLink multicast (NVLS / symmetric memory) is off on the lent machines; keep it off in the child.
-CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-# SGLang sets NCCL_CUMEM_ENABLE=0 in its processes unless the variable is inherited
-# (entrypoints/engine.py:_set_envs_and_config), while the trainer's NCCL defaults to cuMem on.
-# NCCL peers that disagree on it do not connect: the first weight broadcast hung. So the trainer
-# takes SGLang's own value, 0, before its NCCL starts (pin_nccl_env), and the child inherits it.
-# 0 rather than 1: SGLang's own processes then run as SGLang intends, and a build that forces 0
-# whatever it inherits still matches. A value the user set is kept and passed on.
-NCCL_CUMEM = "0"
-# What torchrun sets for a trainer rank. The SGLang child must not inherit it: with
-# TORCHELASTIC_USE_AGENT_STORE=True torch's tcp:// rendezvous makes every rank a client of
-# torchrun's store, so SGLang's own distributed init waited forever (4-GPU run, 2026-11-27).
-LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
-                "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def pin_nccl_env() -> str:
-    """Fix NCCL_CUMEM_ENABLE in this process (SGLang's value, unless set); the SGLang child inherits it."""
-    return os.environ.setdefault("NCCL_CUMEM_ENABLE", NCCL_CUMEM)
 
 
 TAIL_LINES = 40
@@ -74,12 +55,6 @@ def _die_with(parent: int):
 _LIVE: set[SGLangServer] = set()
 _LIVE_LOCK = threading.RLock()  # the SIGTERM handler may run while the main thread holds it
 _HOOKS_INSTALLED = False
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -204,10 +179,7 @@ class SGLangServer:
         return base + ["--port", str(port)] + self.extra_args
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")}
-        env.update(CHILD_ENV)
-        env["NCCL_CUMEM_ENABLE"] = pin_nccl_env()  # the same as ours, see NCCL_CUMEM
-        env["PYTHONUNBUFFERED"] = "1"
+        env = child_env()
         if self.gpu_ids is not None:
             env["CUDA_VISIBLE_DEVICES"] = _child_cuda_devices(self.gpu_ids)
         return env
@@ -222,7 +194,7 @@ class SGLangServer:
         if self.proc is not None:
             raise EngineError("SGLang server already started")
         if self.launch_cmd is None and not sglang_installed(self.python):
-            raise EngineError(NOT_INSTALLED)
+            raise EngineUnavailable(NOT_INSTALLED)
         _install_hooks()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._t0 = time.monotonic()

@@ -12,7 +12,8 @@ carries that server's last log lines.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -113,13 +114,15 @@ class SGLangEngine:
         self._call(self.client.update_weights_from_disk, str(path), version)
         self.weight_version = version
 
-    def release_memory(self) -> None:
-        """Free the server's weights and KV cache (needs --enable-memory-saver); push weights after resume."""
+    @contextmanager
+    def memory_released(self) -> Iterator[None]:
+        """Free the server's weights and KV cache for the block (--enable-memory-saver) and re-allocate
+        them after it, also when it fails. The weights are garbage until the next push."""
         self._call(self.client.release_memory_occupation)
-
-    def resume_memory(self) -> None:
-        """Re-allocate what release_memory freed; the weights are garbage until the next push."""
-        self._call(self.client.resume_memory_occupation)
+        try:
+            yield
+        finally:
+            self._call(self.client.resume_memory_occupation)
 
     def close(self) -> None:
         try:

@@ -6,6 +6,8 @@ For a group of G samples of one prompt with rewards r_1..r_G:
 Per completion token t of sample i, with ratio rho = exp(logp_new - logp_old):
     l_t = -min(rho * A_i, clip(rho, 1 - clip_low, 1 + clip_high) * A_i)      (PPO clip, "clip-higher")
         + kl_coef * k3(logp_new, logp_ref),  k3 = exp(ref - new) - (ref - new) - 1
+When logp_old is the same forward's log-probs (one epoch, one mini-batch: what the presets run),
+rho = 1, the clip is inactive and d l_t = -A_i * d logp_new: REINFORCE with these advantages.
 Off-policy samples (rollout.overlap: drawn by the policy one update older, pi_b), decoupled PPO
 (Hilton et al. 2021, as in AReaL): the ratio rho is taken against the trainer's own log-probs
 before the update (the proximal policy), and l_t is multiplied by the truncated, gradient-free
@@ -68,9 +70,3 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || ref) per token: exp(d) - d - 1 with d = ref - logp (>= 0)."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1.0
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """logits [..., V] -> entropy [...] of the softmax."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)

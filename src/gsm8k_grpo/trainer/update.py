@@ -1,17 +1,27 @@
-"""The policy update: old log-probs once, then clipped policy-gradient steps over mini-batches.
+"""The policy update: a per-token clipped policy-gradient loss over mini-batches of whole groups.
+
+What runs with the shipped settings (one PPO epoch, one mini-batch per step, rollout.overlap off):
+the batch was sampled from the trainer's current weights and the old log-probs are the training
+forward's own, detached. So ratio = exp(logp - old_logp) = 1 exactly, the clip never engages
+(clip_frac 0), and the gradient is REINFORCE with group-normalised advantages, averaged over all
+completion tokens of the batch (DAPO's token-level mean):
+    grad = -(1 / N_tokens) * sum_i A_i * sum_t grad log pi(y_it)
+The clip engages only when the weights move between taking old_logp and the loss: from the second
+mini-batch of a step (trainer.mini_batch_size < trainer.batch_size) or in a second epoch
+(algorithm.ppo_epochs > 1). With rollout.overlap a batch is one update old: each token's loss is
+also weighted by min(pi_trainer / pi_rollout, algorithm.offpolicy_weight_cap) (decoupled PPO,
+trainer/loss.py); the ratio against the trainer's own pre-update log-probs is still 1 in the first
+mini-batch.
 
 update(samples):
-  1. old_logp <- policy log-probs of every completion token (no grad), entropy, |old - engine|.
-     On-policy with one PPO epoch and one mini-batch, the weights cannot change before the loss
-     is taken, so old_logp is the training forward's own log-probs, detached (as TRL does):
-     the same numbers without a second forward pass.
-     Off-policy samples (rollout.overlap) weight each token's loss by min(pi_old / pi_engine, cap):
-     decoupled PPO, with old_logp as the proximal policy (trainer/loss.py).
-  2. for each PPO epoch, for each mini-batch (whole groups): for each micro-batch on this rank,
-     loss = sum(w_t * l_t) * world (FSDP averages grads over ranks) -> backward; then clip
-     grads, and step AdamW only when loss and grad norm are finite.
-Each rank trains on samples rank::world of every mini-batch; all ranks run the same number of
+  1. old_logp: while the weights cannot change before the loss (one epoch, one mini-batch), the
+     training forward's own log-probs; otherwise a separate no-grad pass over every sample first.
+  2. for each epoch, for each mini-batch: micro_step() on each of this rank's micro-batches
+     (forward, loss, backward), then optimizer_step() (clip the grads; step AdamW only when the
+     grad norm is finite, else skip the step and say which tensors were not finite).
+Each rank trains samples rank::world of every mini-batch; all ranks run the same number of
 micro-batches (empty ones padded with a zero-weight dummy) so FSDP collectives stay matched.
+Statistics are summed per rank in UpdateStats and all-reduced once, at the end.
 """
 
 from __future__ import annotations
@@ -20,26 +30,92 @@ import math
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from itertools import groupby
 
 import torch
 import torch.distributed as dist
 
 from gsm8k_grpo.config import RunConfig
-from gsm8k_grpo.trainer import loss as L
+from gsm8k_grpo.trainer import loss
 from gsm8k_grpo.trainer.batching import MicroBatch, TrainSample, collate, plan_micro_batches, shard_for_rank
 from gsm8k_grpo.trainer.fsdp import PolicyModel, full_named_tensors, wrap
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
-    def f(step: int) -> float:
+    def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
         if schedule == "constant" or total <= warmup:
             return 1.0
         frac = min(1.0, (step - warmup) / max(1, total - warmup))
         return 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else 1.0 - frac
-    return f
+    return factor
+
+
+# UpdateStats fields that are sums over this rank's micro-batches (all-reduced over ranks once)
+_SUMMED = ("loss", "tokens", "clipped_tokens", "kl_sum", "behaviour_weight_sum", "capped_tokens", "entropy_sum",
+           "mismatch_sum", "diagnostic_tokens")
+
+
+@dataclass
+class UpdateStats:
+    """One update's statistics. The _SUMMED fields add up over micro-batches and ranks; the rest are
+    the same on every rank."""
+
+    loss: float = 0.0                    # sum of the mini-batch losses (one per optimizer step)
+    tokens: float = 0.0                  # completion tokens in the loss, every epoch counted
+    clipped_tokens: float = 0.0          # tokens where the clip was active
+    kl_sum: float = 0.0
+    behaviour_weight_sum: float = 0.0    # off-policy batches: sum of min(pi_trainer / pi_rollout, cap)
+    capped_tokens: float = 0.0
+    entropy_sum: float = 0.0             # policy entropy of each sample's tokens, measured once
+    mismatch_sum: float = 0.0            # |trainer logp - engine logp|, measured once
+    diagnostic_tokens: float = 0.0
+    optimizer_steps: int = 0
+    nonfinite_steps: int = 0
+    grad_norm: float = 0.0               # of the last optimizer step
+    samples: int = 0
+    seq_tokens: int = 0                  # prompt + completion tokens through the model (every epoch)
+    old_logprob_pass: bool = False
+    off_policy: bool = False
+    lr: float = 0.0
+    time_logprob: float = 0.0
+    time_train: float = 0.0
+    nonfinite_detail: str = ""           # for the log line of a skipped step, not a metric
+    first_bad_micro_batch: MicroBatch | None = field(default=None, repr=False)
+
+    def all_reduce(self, device: torch.device, world: int) -> None:
+        if world == 1:
+            return
+        values = torch.tensor([getattr(self, name) for name in _SUMMED], dtype=torch.float64, device=device)
+        dist.all_reduce(values)
+        for name, value in zip(_SUMMED, values.tolist()):
+            setattr(self, name, value)
+
+    def metrics(self) -> dict:
+        """The metrics line's fields of this update."""
+        steps = max(1, self.optimizer_steps + self.nonfinite_steps)
+        out = {
+            "loss": self.loss / steps, "grad_norm": self.grad_norm, "clip_frac": self.clipped_tokens / max(self.tokens, 1),
+            "kl": self.kl_sum / max(self.tokens, 1), "entropy": self.entropy_sum / max(self.diagnostic_tokens, 1),
+            "logprob_mismatch": self.mismatch_sum / max(self.diagnostic_tokens, 1),
+            "optimizer_steps": self.optimizer_steps, "nonfinite_steps": self.nonfinite_steps,
+            "samples_trained": self.samples, "tokens_trained": int(self.diagnostic_tokens), "lr": self.lr,
+            "time_logprob": self.time_logprob, "time_train": self.time_train, "old_logprob_pass": self.old_logprob_pass,
+        }
+        if self.off_policy:
+            out.update(offpolicy_weight_mean=self.behaviour_weight_sum / max(self.tokens, 1),
+                       offpolicy_capped_frac=self.capped_tokens / max(self.tokens, 1))
+        return out
+
+
+@dataclass(frozen=True)
+class MiniBatchTotals:
+    """What token_weights needs of the whole mini-batch (all ranks)."""
+
+    tokens: int
+    samples: int
 
 
 class Trainer:
@@ -48,8 +124,8 @@ class Trainer:
 
         self.cfg, self.device, self.pad_id = cfg, device, pad_id
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.compute_dtype = torch.bfloat16 if (cfg.trainer.dtype == "bf16" or
-                                                (cfg.trainer.dtype == "auto" and device.type == "cuda")) else torch.float32
+        bf16 = cfg.trainer.dtype == "bf16" or (cfg.trainer.dtype == "auto" and device.type == "cuda")
+        self.compute_dtype = torch.bfloat16 if bf16 else torch.float32
         hf = load_causal_lm(model_dir, dtype=torch.float32, device=device)
         hf.config.use_cache = False
         if cfg.trainer.grad_checkpointing:
@@ -61,173 +137,157 @@ class Trainer:
         if cfg.trainer.compile:
             for layer in hf.model.layers:
                 layer.forward = torch.compile(layer.forward, dynamic=True)
-        self.model = wrap(PolicyModel(hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature,
-                                      cfg.trainer.logprob_impl), device,
-                          self.compute_dtype)
+        self.model = wrap(PolicyModel(hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature), self.compute_dtype)
         self.ref = None
         if cfg.algorithm.kl_coef > 0:  # a frozen copy of the initial policy, only when KL is on
             ref_hf = load_causal_lm(model_dir, dtype=self.compute_dtype, device=device).eval()
             self.ref = PolicyModel(ref_hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature).requires_grad_(False)
-        o = cfg.optimizer
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay, fused=o.fused or None)
-        mbs = cfg.trainer.batch_size // (cfg.trainer.mini_batch_size or cfg.trainer.batch_size)
-        total_opt_steps = total_steps * mbs * cfg.algorithm.ppo_epochs
+        opt = cfg.optimizer
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
+                                           weight_decay=opt.weight_decay)
+        mini_batches = cfg.trainer.batch_size // (cfg.trainer.mini_batch_size or cfg.trainer.batch_size)
+        total_optimizer_steps = total_steps * mini_batches * cfg.algorithm.ppo_epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(o.schedule, o.warmup_steps, total_opt_steps))
+            self.optimizer, lr_lambda(opt.schedule, opt.warmup_steps, total_optimizer_steps))
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ batching
     def _micro_batches(self, samples: list[TrainSample]) -> list[MicroBatch | None]:
         """This rank's micro-batches of `samples`, padded with None to the same count on every rank."""
         mine = shard_for_rank(len(samples), self.rank, self.world)
         groups = plan_micro_batches([samples[i].length for i in mine], self.cfg.trainer.micro_batch_tokens)
-        mbs: list[MicroBatch | None] = [collate(samples, [mine[j] for j in g], self.pad_id) for g in groups]
-        n = torch.tensor([len(mbs)], device=self.device)
+        batches: list[MicroBatch | None] = [collate(samples, [mine[j] for j in g], self.pad_id) for g in groups]
+        count = torch.tensor([len(batches)], device=self.device)
         if self.world > 1:
-            dist.all_reduce(n, op=dist.ReduceOp.MAX)
-        return mbs + [None] * (int(n) - len(mbs))
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return batches + [None] * (int(count) - len(batches))
 
-    def _forward(self, model, mb: MicroBatch | None, with_entropy=False):
+    def _forward(self, model, mb: MicroBatch | None, with_entropy: bool = False):
         if mb is None:  # dummy for collective matching: one token, weight 0
             ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
-            m = torch.tensor([[True, False]], device=self.device)
-            return model(ids, m, ids, with_entropy)
+            mask = torch.tensor([[True, False]], device=self.device)
+            return model(ids, mask, ids, with_entropy)
         d = self.device
         return model(mb.input_ids.to(d), mb.loss_mask.to(d), mb.targets.to(d), with_entropy)
 
-    def _all_sum(self, *xs: float) -> list[float]:
-        t = torch.tensor(xs, dtype=torch.float64, device=self.device)
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t.tolist()
+    @staticmethod
+    def _add_diagnostics(stats: UpdateStats, mb: MicroBatch, logp: torch.Tensor, entropy: torch.Tensor) -> None:
+        stats.entropy_sum += float(entropy.sum())
+        stats.mismatch_sum += float((logp.detach().float().cpu() - mb.engine_logprobs).abs().sum())
+        stats.diagnostic_tokens += mb.n_tokens
 
-    # ------------------------------------------------------------------ the update
     @torch.no_grad()
-    def _old_logprobs(self, samples: list[TrainSample]):
-        """Per-sample old log-prob tensors, plus entropy / mismatch / token sums on this rank."""
+    def old_logprobs(self, samples: list[TrainSample], stats: UpdateStats) -> dict[int, torch.Tensor]:
+        """Per-sample log-probs under the current weights (no grad); adds the diagnostics to stats."""
         old: dict[int, torch.Tensor] = {}
-        sums = [0.0, 0.0, 0.0]
         for mb in self._micro_batches(samples):
-            logp, ent = self._forward(self.model, mb, with_entropy=True)
+            logp, entropy = self._forward(self.model, mb, with_entropy=True)
             if mb is None:
                 continue
-            self._add_diagnostics(sums, mb, logp, ent)
+            self._add_diagnostics(stats, mb, logp, entropy)
             for i, piece in zip(mb.index, torch.split(logp.float().cpu(), mb.seq_lens.tolist())):
                 old[i] = piece
-        return old, sums
+        return old
 
-    @staticmethod
-    def _add_diagnostics(sums: list[float], mb: MicroBatch, logp: torch.Tensor, ent: torch.Tensor) -> None:
-        """sums += [entropy, |trainer logp - engine logp|, tokens] of one micro-batch."""
-        sums[0] += float(ent.sum())
-        sums[1] += float((logp.detach().float().cpu() - mb.engine_logprobs).abs().sum())
-        sums[2] += mb.n_tokens
-
-    def update(self, samples: list[TrainSample], off_policy: bool = False) -> dict:
-        """off_policy: the samples came from older weights than the trainer's (rollout.overlap)."""
-        a = self.cfg.algorithm
+    # ------------------------------------------------------------------ the update
+    def update(self, samples: list[TrainSample], off_policy: bool = False, *,
+               separate_old_pass: bool = False) -> UpdateStats:
+        """off_policy: the samples came from older weights than the trainer's (rollout.overlap).
+        separate_old_pass: take old_logp in its own pass even where the training forward's would do
+        (the test oracle for that reuse)."""
+        algo = self.cfg.algorithm
         self.model.train()
         t0 = time.perf_counter()
-        mb_size = (self.cfg.trainer.mini_batch_size or self.cfg.trainer.batch_size) * self.cfg.rollout.n
-        reuse = self.cfg.trainer.reuse_old_logprobs and a.ppo_epochs == 1 and mb_size >= len(samples)
-        old, diag = ({}, [0.0, 0.0, 0.0]) if reuse else self._old_logprobs(samples)
-        t_logprob = time.perf_counter() - t0
-        stats = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "grad_norm": 0.0, "optimizer_steps": 0,
-                 "nonfinite_steps": 0}
-        clip_tok = kl_tok = all_tok = bw_tok = capped_tok = 0.0
-        lr = self.scheduler.get_last_lr()[0]
-        for _ in range(a.ppo_epochs):
-            for start in range(0, len(samples), mb_size):
-                mini = samples[start:start + mb_size]
-                n_tokens = sum(len(s.completion_ids) for s in mini)
-                loss_sum = clip_sum = kl_sum = bw_sum = capped_sum = 0.0
-                bad_mb = None  # the first micro-batch whose loss was not finite
+        mini_size = (self.cfg.trainer.mini_batch_size or self.cfg.trainer.batch_size) * self.cfg.rollout.n
+        reuse = algo.ppo_epochs == 1 and mini_size >= len(samples) and not separate_old_pass
+        stats = UpdateStats(samples=len(samples), old_logprob_pass=not reuse, off_policy=off_policy,
+                            lr=self.scheduler.get_last_lr()[0])
+        old = {} if reuse else self.old_logprobs(samples, stats)
+        stats.time_logprob = time.perf_counter() - t0
+        for _ in range(algo.ppo_epochs):
+            for start in range(0, len(samples), mini_size):
+                mini = samples[start:start + mini_size]
+                totals = MiniBatchTotals(sum(len(s.completion_ids) for s in mini), len(mini))
                 for mb in self._micro_batches(mini):
-                    logp, ent = self._forward(self.model, mb, with_entropy=reuse)
-                    ref_lp = self._no_grad_forward(self.ref, mb) if self.ref is not None else None
-                    if mb is None:
-                        (logp.sum() * 0.0).backward()
-                        continue
-                    if reuse:
-                        old_lp = logp.detach()
-                        self._add_diagnostics(diag, mb, logp, ent)
-                    else:
-                        old_lp = torch.cat([old[start + i] for i in mb.index]).to(self.device)
-                    adv = mb.advantages.to(self.device)
-                    tok_loss, clipped = L.clipped_pg_loss(logp, old_lp, adv, a.clip_low, a.clip_high)
-                    if off_policy:
-                        bw = L.behaviour_weights(old_lp, mb.engine_logprobs.to(self.device), a.offpolicy_weight_cap)
-                        tok_loss = tok_loss * bw
-                        bw_sum += float(bw.sum())
-                        capped_sum += float((bw >= a.offpolicy_weight_cap).sum())
-                    if ref_lp is not None:
-                        kl = L.kl_k3(logp, ref_lp)
-                        tok_loss = tok_loss + a.kl_coef * kl
-                        kl_sum += float(kl.detach().sum())
-                    w = L.token_weights(mb.seq_lens, a.loss_agg, n_tokens, len(mini)).to(self.device)
-                    mb_loss = (tok_loss * w).sum()
-                    (mb_loss * self.world).backward()
-                    loss_sum += float(mb_loss.detach())
-                    if bad_mb is None and not math.isfinite(loss_sum):
-                        bad_mb = mb
-                    clip_sum += float(clipped.sum())
-                loss_sum, clip_sum, kl_sum, bw_sum, capped_sum = self._all_sum(loss_sum, clip_sum, kl_sum, bw_sum,
-                                                                               capped_sum)
-                # clip_grad_norm_ in two halves, so a non-finite norm leaves the grads readable
-                params = list(self.model.parameters())
-                gn_t = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
-                gn = float(gn_t.full_tensor() if hasattr(gn_t, "full_tensor") else gn_t)
-                if math.isfinite(loss_sum) and math.isfinite(gn):
-                    torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optimizer.max_grad_norm, gn_t)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    stats["optimizer_steps"] += 1
-                else:
-                    stats["nonfinite_steps"] += 1
-                    stats["nonfinite_detail"] = self._nonfinite_detail(loss_sum, bad_mb)
-                self.optimizer.zero_grad(set_to_none=True)
-                stats["loss"] += loss_sum
-                stats["grad_norm"] = gn
-                clip_tok += clip_sum
-                kl_tok += kl_sum
-                bw_tok += bw_sum
-                capped_tok += capped_sum
-                all_tok += n_tokens
-        n_mb = max(1, stats["optimizer_steps"] + stats["nonfinite_steps"])
-        ent_sum, mis_sum, toks = self._all_sum(*diag)
-        stats.update(
-            loss=stats["loss"] / n_mb, clip_frac=clip_tok / max(all_tok, 1), kl=kl_tok / max(all_tok, 1),
-            entropy=ent_sum / max(toks, 1), logprob_mismatch=mis_sum / max(toks, 1),
-            samples_trained=len(samples), tokens_trained=int(toks), lr=lr, time_logprob=t_logprob,
-            time_train=time.perf_counter() - t0 - t_logprob, old_logprob_pass=not reuse,
-            seq_tokens=sum(s.length for s in samples) * a.ppo_epochs,
-        )
-        if off_policy:
-            stats.update(offpolicy_weight_mean=bw_tok / max(all_tok, 1),
-                         offpolicy_capped_frac=capped_tok / max(all_tok, 1))
+                    old_lp = None if reuse or mb is None else torch.cat([old[start + i] for i in mb.index])
+                    self.micro_step(mb, old_lp, totals, off_policy, stats, diagnostics=reuse)
+                self.optimizer_step(stats)
+                stats.seq_tokens += sum(s.length for s in mini)
+        stats.all_reduce(self.device, self.world)
+        stats.time_train = time.perf_counter() - t0 - stats.time_logprob
         return stats
 
-    def _nonfinite_detail(self, loss_sum: float, bad_mb: MicroBatch | None) -> str:
-        """One line for the log: where a skipped optimizer step went non-finite (this rank's view)."""
-        named = [(i, n.removeprefix("hf.")) for i, (n, q) in enumerate(self.model.named_parameters())
-                 if q.grad is not None
-                 and not bool(torch.isfinite(q.grad.to_local() if hasattr(q.grad, "to_local") else q.grad).all())]
+    def micro_step(self, mb: MicroBatch | None, old_lp: torch.Tensor | None, totals: MiniBatchTotals,
+                   off_policy: bool, stats: UpdateStats, diagnostics: bool = False) -> None:
+        """Forward, loss and backward of one micro-batch; old_lp None = this forward's own, detached."""
+        algo = self.cfg.algorithm
+        logp, entropy = self._forward(self.model, mb, with_entropy=diagnostics)
+        if mb is None:
+            (logp.sum() * 0.0).backward()  # the collectives of a real micro-batch, no gradient
+            return
+        if old_lp is None:
+            old_lp = logp.detach()
+        old_lp = old_lp.to(self.device)
+        if diagnostics:
+            self._add_diagnostics(stats, mb, logp, entropy)
+        token_loss, clipped = loss.clipped_pg_loss(logp, old_lp, mb.advantages.to(self.device), algo.clip_low,
+                                                   algo.clip_high)
+        if off_policy:
+            weight = loss.behaviour_weights(old_lp, mb.engine_logprobs.to(self.device), algo.offpolicy_weight_cap)
+            token_loss = token_loss * weight
+            stats.behaviour_weight_sum += float(weight.sum())
+            stats.capped_tokens += float((weight >= algo.offpolicy_weight_cap).sum())
+        if self.ref is not None:
+            with torch.no_grad():
+                ref_lp = self._forward(self.ref, mb)[0]
+            kl = loss.kl_k3(logp, ref_lp)
+            token_loss = token_loss + algo.kl_coef * kl
+            stats.kl_sum += float(kl.detach().sum())
+        weights = loss.token_weights(mb.seq_lens, algo.loss_agg, totals.tokens, totals.samples).to(self.device)
+        mb_loss = (token_loss * weights).sum()
+        (mb_loss * self.world).backward()  # FSDP averages gradients over ranks; the loss is a sum over them
+        value = float(mb_loss.detach())
+        if not math.isfinite(value) and stats.first_bad_micro_batch is None:
+            stats.first_bad_micro_batch = mb
+        stats.loss += value
+        stats.clipped_tokens += float(clipped.sum())
+        stats.tokens += mb.n_tokens
+
+    def optimizer_step(self, stats: UpdateStats) -> bool:
+        """Clip and apply the accumulated gradients when their norm is finite; -> whether it stepped."""
+        params = list(self.model.parameters())
+        # get_total_norm, then clip: a non-finite norm leaves the grads readable for the log line
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # global over ranks
+        stepped = math.isfinite(grad_norm)
+        if stepped:
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optimizer.max_grad_norm, norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            stats.optimizer_steps += 1
+        else:
+            stats.nonfinite_steps += 1
+            stats.nonfinite_detail = self._nonfinite_detail(stats.first_bad_micro_batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        stats.grad_norm = grad_norm
+        return stepped
+
+    def _nonfinite_detail(self, bad_mb: MicroBatch | None) -> str:
+        """Where a skipped optimizer step went non-finite (this rank's view), for the log."""
+        every = [n.removeprefix("hf.") for n, _ in self.model.named_parameters()]
+        named = [(i, n.removeprefix("hf.")) for i, (n, p) in enumerate(self.model.named_parameters())
+                 if p.grad is not None
+                 and not bool(torch.isfinite(p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad).all())]
         bad = [n for _, n in named]
-        s = f"loss {loss_sum:.4g}; non-finite grads in {len(bad)} tensor(s)"
+        detail = f"non-finite grads in {len(bad)} tensor(s)"
         if bad:
             # backward runs from the output down, so the last bad tensor in parameter order is the one
-            # nearest where the non-finite values were born; a contiguous run means they flowed down from it
+            # nearest where the non-finite values were born
             run = "a contiguous run" if named[-1][0] - named[0][0] == len(named) - 1 else "not contiguous"
-            every = [n.removeprefix("hf.") for n, _ in self.model.named_parameters()]
-            s += f" ({describe_tensors(every, bad)}; last {bad[-1]}; {run} in parameter order)"
+            detail += f" ({describe_tensors(every, bad)}; last {bad[-1]}; {run} in parameter order)"
         if bad_mb is not None:
-            s += (f"; first non-finite micro-batch: {len(bad_mb.index)} samples, completion tokens "
-                  f"{bad_mb.seq_lens.tolist()[:8]}, advantages {bad_mb.advantages.unique().tolist()[:4]}")
-        return s
-
-    @torch.no_grad()
-    def _no_grad_forward(self, model, mb: MicroBatch | None) -> torch.Tensor:
-        return self._forward(model, mb)[0]
+            detail += (f"; first non-finite micro-batch: {len(bad_mb.index)} samples, completion tokens "
+                       f"{bad_mb.seq_lens.tolist()[:8]}, advantages {bad_mb.advantages.unique().tolist()[:4]}")
+        return detail
 
     def named_tensors(self, dtype: torch.dtype | None = None):
         return full_named_tensors(self.model, dtype)

@@ -13,6 +13,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+from gsm8k_grpo.errors import RunFailure
+
 
 @dataclass
 class PushStats:
@@ -21,8 +23,8 @@ class PushStats:
     buckets: int
 
 
-class TransportError(RuntimeError):
-    """A weight push failed; str() is meant for the user."""
+class TransportError(RunFailure):
+    """A weight push failed; str() is meant for the user. Exit code 1."""
 
 
 class Transport(ABC):

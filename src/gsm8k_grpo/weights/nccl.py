@@ -30,9 +30,9 @@ from urllib.parse import urlparse
 import torch
 import torch.distributed as dist
 
+from gsm8k_grpo.distributed import free_port
 from gsm8k_grpo.rollout.base import Engine, EngineError
 from gsm8k_grpo.rollout.client import SGLangClient
-from gsm8k_grpo.rollout.server import free_port
 from gsm8k_grpo.weights.base import PushStats, Transport, TransportError, buckets
 
 log = logging.getLogger("gsm8k_grpo")

@@ -1,7 +1,7 @@
 """GPU detection, trainer/server placement and the choice of weight transport.
 
-``plan`` and ``choose_transport`` are pure logic (tested on CPU with made-up GPU counts);
-``visible_gpus`` probes torch.cuda; ``make_transport`` builds the chosen Transport.
+``plan``, ``choose_transport`` and ``launch_plan`` are pure logic (tested on CPU with made-up GPU
+counts); ``visible_gpus`` and ``visible_device_ids`` probe torch.cuda.
 
 Placement rules: no GPU -> HF engine, trainer on CPU, disk sync. One GPU (or
 ``rollout_gpus=0``) -> trainer and SGLang share GPU 0, IPC sync (disk when IPC is unavailable).
@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
-
-from gsm8k_grpo.rollout.base import Engine
-from gsm8k_grpo.weights.base import Transport
 
 TRANSPORTS = ("auto", "ipc", "disk", "nccl")
 
@@ -126,31 +122,3 @@ def launch_plan(gpus: int, visible: list[str], rollout_gpus: int, engine: str, t
                             if "CUDA_VISIBLE_DEVICES" in os.environ else ""))
     p = plan(gpus, rollout_gpus, engine, transport)
     return ",".join(visible[:gpus]), len(p.trainer_gpus)
-
-
-def make_transport(kind: str, engine: Engine, base_model_dir: str | Path, run_dir: str | Path, bucket_mb: int,
-                   disk_dir: str | Path | None = None) -> Transport:
-    """Build a resolved transport (disk | ipc | nccl) for ``engine``; ipc/nccl need an SGLangEngine."""
-    if kind == "disk":
-        from gsm8k_grpo.weights.disk import DiskTransport
-
-        out = Path(disk_dir) if disk_dir else Path(run_dir) / "weights_sync"
-        return DiskTransport(engine, base_model_dir, out, bucket_mb, use_shm=disk_dir is None)
-    client = getattr(engine, "client", None)
-    if kind not in ("ipc", "nccl") or client is None:
-        raise ValueError(f"weights.transport={kind!r} needs rollout.engine=sglang; valid here: disk")
-    tp_size = getattr(engine, "tp_size", 1)
-    if kind == "ipc":
-        from gsm8k_grpo.weights.ipc import IPCTransport
-
-        return IPCTransport(client, bucket_mb, tp_size=tp_size, engine=engine)
-    import torch
-
-    from gsm8k_grpo.weights.nccl import NCCLTransport
-
-    gpus = {g.index: g.uuid for g in visible_gpus()}
-    server = [gpus[i] for i in getattr(engine, "gpu_ids", None) or [] if i in gpus]
-    trainer = [gpus[torch.cuda.current_device()]] if torch.cuda.is_available() else []
-    ranks = getattr(engine, "server_ranks", tp_size)  # every rank of every server joins the group
-    return NCCLTransport(client, bucket_mb, server_ranks=ranks, trainer_gpu_uuids=trainer,
-                         server_gpu_uuids=server, engine=engine)
