@@ -16,29 +16,34 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, grpo
 from hf_cache import add_model
+from toy import make_data_dir, make_model_dir, write_toy
 
 HUB_ID = "tiny-org/tiny-qwen"
 
 
 @pytest.fixture
-def hf_home(tmp_path, tiny_model_dir) -> Path:
+def hf_home(tmp_path) -> Path:
+    """The toy task's tiny model (tests/toy.py) in an HF cache under a hub-style id."""
     home = tmp_path / "hf-home"
-    add_model(home, HUB_ID, tiny_model_dir)
+    add_model(home, HUB_ID, make_model_dir(tmp_path / "toy-model"))
     return home
 
 
-def _train_args(run_root: Path) -> list[str]:
-    return ["--preset", "smoke", "--set", f"model.path={HUB_ID}", "--set", "model.random_init=false",
-            "--set", "model.config_overrides={}", "--set", f"output_dir={run_root}", "--set", "trainer.max_steps=6",
-            "--set", "checkpoint.every=1", "--set", "checkpoint.keep_last=2", "--set", "eval.at_end=false"]
+def _train_args(tmp_path: Path) -> list[str]:
+    """The toy task's config with the model named by its hub id."""
+    cfg = write_toy(tmp_path, **{"model.path": HUB_ID, "trainer.max_steps": 30, "checkpoint.every": 1,
+                                 "checkpoint.keep_last": 2, "rollout.max_new_tokens": 4})
+    return ["--config", str(cfg)]
 
 
 def test_hub_id_train_kill_resume_then_eval_without_the_cache(tmp_path, hf_home):
     env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
-    run = tmp_path / "runs" / "smoke" / "trial0"
+    run = tmp_path / "runs" / "toy" / "trial0"
     full_env = dict(os.environ, **env)
     full_env.pop("WANDB_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "gsm8k_grpo", "train", *_train_args(tmp_path / "runs")], cwd=ROOT,
+    args = _train_args(tmp_path)
+    shutil.rmtree(tmp_path / "model")  # write_toy built a local copy: only the cache may serve the model
+    proc = subprocess.Popen([sys.executable, "-m", "gsm8k_grpo", "train", *args], cwd=ROOT,
                             env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pointer = run / "checkpoints" / "latest"
     deadline = time.time() + 180
@@ -51,8 +56,8 @@ def test_hub_id_train_kill_resume_then_eval_without_the_cache(tmp_path, hf_home)
     assert not (run / "base_model").exists()  # a pretrained hub model is served from the cache, not copied
     res = grpo("resume", str(run), env=env, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
-    final = run / "checkpoints" / "step_000006" / "model"
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 31))
+    final = run / "checkpoints" / "step_000030" / "model"
 
     # the model dir: what transformers' own saving writes, with no path of this machine inside
     names = sorted(p.name for p in final.iterdir())
@@ -75,7 +80,8 @@ def test_hub_id_train_kill_resume_then_eval_without_the_cache(tmp_path, hf_home)
     loaded = subprocess.run([sys.executable, "-c", code, str(moved)], capture_output=True, text=True, timeout=120,
                             env=dict(full_env, HF_HOME=str(tmp_path / "no-cache")))
     assert loaded.returncode == 0 and int(loaded.stdout.strip()) > 0, loaded.stderr[-2000:]
-    res = grpo("eval", "--checkpoint", str(moved), "--samples", "4", "--data", str(ROOT / "src/gsm8k_grpo/assets/gsm8k"),
+    data = make_data_dir(tmp_path / "local-data")
+    res = grpo("eval", "--checkpoint", str(moved), "--samples", "4", "--data", str(data), "--max-new-tokens", "4",
                "--json", env={"HF_HOME": str(tmp_path / "no-cache"), "HF_HUB_OFFLINE": "1"}, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout)["questions"] == 4
@@ -92,9 +98,10 @@ def test_a_hub_id_that_is_not_cached_offline_is_one_line(tmp_path):
 
 def test_model_revision_selects_a_cached_revision(tmp_path, hf_home):
     """model.revision goes to huggingface_hub: a revision the cache does not hold is refused by name."""
-    res = grpo("train", *_train_args(tmp_path / "runs"), "--set", "model.revision=v9", "--set", "trainer.max_steps=1",
+    args = _train_args(tmp_path)
+    res = grpo("train", *args, "--set", "model.revision=v9", "--set", "trainer.max_steps=1",
                env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert res.returncode == 2 and "(revision v9)" in res.stderr, res.stderr[-2000:]
-    res = grpo("train", *_train_args(tmp_path / "runs"), "--set", "model.revision=main", "--set", "trainer.max_steps=1",
+    res = grpo("train", *args, "--set", "model.revision=main", "--set", "trainer.max_steps=1",
                env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]

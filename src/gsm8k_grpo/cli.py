@@ -30,8 +30,8 @@ class _Command(TyperCommand):
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
-            if isinstance(param, click.Argument):
-                name = param.human_readable_name
+            if getattr(param, "param_type_name", "") == "argument":  # click's and Typer's argument classes
+                name = param.metavar or (param.name or "").upper()
                 pieces.append(name if param.required else f"[{name}]")
         return pieces
 
@@ -106,9 +106,16 @@ def _guard(fn, run_dir: Path | None = None):
     except Exception as e:  # noqa: BLE001 - a bug: still one line, and the way to the traceback
         if _debug():
             raise
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        _fail(f"internal error: {type(e).__name__}: {first} (run `grpo --debug ...` for the traceback, "
-              "and please report it)", 1)
+        _fail(_internal_error_line(e), 1)
+    except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is a BaseException
+        if _debug() or not type(e).__name__.endswith("Exception"):
+            raise
+        _fail(_internal_error_line(e), 1)
+
+
+def _internal_error_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return f"internal error: {type(e).__name__}: {first} (run `grpo --debug ...` for the traceback, and please report it)"
 
 
 def _quiet_libraries() -> None:
@@ -319,7 +326,7 @@ def doctor(
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="grpo")
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         sys.exit(130)

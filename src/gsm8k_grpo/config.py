@@ -254,11 +254,15 @@ def preset_descriptions() -> dict[str, str]:
 
 def _read_yaml(path: Path, what: str) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except (IsADirectoryError, PermissionError) as e:
         raise ConfigError(f"{what} cannot be read: {path} ({e.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (a YAML file of config keys is expected)") from None
+    if "\0" in text:
+        raise ConfigError(f"{what} {path} is a binary file, not YAML")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -57,6 +57,7 @@ def wandb_key() -> tuple[str | None, str]:
 
 def setup_logging(run_dir: Path | None = None, console: Console | None = None) -> None:
     """Console (rich) + RUN_DIR/train.log; safe to call again with a run dir."""
+    logging.raiseExceptions = False  # a log line that cannot be written (a full disk) must not print a traceback
     log.setLevel(logging.INFO)
     log.propagate = False
     if not any(isinstance(h, RichHandler) for h in log.handlers):

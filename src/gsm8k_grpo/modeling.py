@@ -97,6 +97,9 @@ def load_tokenizer(path: str, pad: bool = True):
     except (OSError, ValueError, TypeError) as e:
         raise ModelError(f"the tokenizer of {path} cannot be loaded ({str(e).splitlines()[0][:160]}); a model dir "
                          "needs its tokenizer files (tokenizer.json or vocab.json + merges.txt, tokenizer_config.json)") from None
+    if pad and not getattr(tok, "chat_template", None):  # prompts are built with it (data/prompts.py)
+        raise ModelError(f"the tokenizer of {path} has no chat template (tokenizer_config.json or "
+                         "chat_template.jinja); give a chat/instruct model dir with its tokenizer files")
     if pad and tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -180,7 +183,7 @@ def save_model_dir(named_tensors, hf_config, source_dir: str, dest: Path, dtype:
     config.use_cache = True        # the trainer turned it off for itself
     config._name_or_path = ""      # no path of this machine in the saved config
     if dtype is not None:
-        config.torch_dtype = dtype  # 'dtype' in config.json on transformers 5, 'torch_dtype' before
+        config.dtype = dtype
     config.save_pretrained(dest)
     generation = load_generation_config(source_dir)
     if generation is not None:

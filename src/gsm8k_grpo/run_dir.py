@@ -85,8 +85,12 @@ class RunLock:
         self._file = None
 
     def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+        except OSError as e:  # the first write of a run: a bad output_dir shows here
+            raise InputError(f"{self.path.parent} cannot be written ({e.strerror or type(e).__name__}); set "
+                             "output_dir to a writable folder") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

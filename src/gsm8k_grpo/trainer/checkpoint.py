@@ -12,6 +12,7 @@ removes its temporary folder and leaves the previous checkpoint as it was.
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import random
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
-from gsm8k_grpo.errors import InputError
+from gsm8k_grpo.errors import InputError, RunFailure
 from gsm8k_grpo.modeling import save_model_dir
 from gsm8k_grpo.run_dir import RunDir, read_state
 
@@ -64,11 +66,43 @@ def save(run: RunDir, step: int, trainer, source_dir: str, state: dict, keep_las
             (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
             run.commit_checkpoint(tmp, step, keep_last)
         dist.barrier()
-    except BaseException:
+    except BaseException as e:
         if rank == 0:  # a half-written checkpoint must not stay behind filling the disk
             shutil.rmtree(tmp, ignore_errors=True)
+        inner = _first_failure(e)
+        if inner is not e and isinstance(inner, (KeyboardInterrupt, SystemExit)):
+            raise inner from None  # Ctrl-C or SIGTERM inside torch's checkpoint writer: a signal, not an error
+        if isinstance(e, (Exception, CheckpointException)) and _out_of_space(e, run.checkpoints):
+            previous = run.latest_checkpoint()
+            raise RunFailure(f"checkpoint {tmp.name[5:]} could not be written: no space left on the device of "
+                             f"{run.checkpoints} ({shutil.disk_usage(run.checkpoints).free >> 20} MiB free); "
+                             + (f"{previous.name} is intact: free space, then grpo resume {run}" if previous else
+                                "free space, then start again")) from None
         raise
     return run.checkpoint_dir(step)
+
+
+def _first_failure(e: BaseException) -> BaseException:
+    """torch.distributed.checkpoint wraps each rank's error in a CheckpointException (a BaseException,
+    not an Exception); the first rank's own error says more."""
+    if isinstance(e, CheckpointException) and e.failures:
+        wrapped = next(iter(e.failures.values()))  # (exception, traceback summary)
+        return wrapped[0] if isinstance(wrapped, tuple) else wrapped
+    return e
+
+
+def _out_of_space(e: BaseException, folder: Path) -> bool:
+    """A failed write caused by a full disk: ENOSPC anywhere in the exception chain, or (torch's and
+    safetensors' own errors hide the errno: 'unexpected pos 704 vs 598') almost nothing left free."""
+    seen: BaseException | None = _first_failure(e)
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < 64 << 20
+    except OSError:
+        return False
 
 
 def restore(path: Path, trainer) -> dict:
@@ -87,7 +121,10 @@ def restore(path: Path, trainer) -> dict:
         set_optimizer_state_dict(trainer.model, trainer.optimizer, sd["optim"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-    except Exception as e:  # noqa: BLE001 - truncated or mismatched files fail in many ways
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise InputError(f"checkpoint {path} cannot be restored ({type(e).__name__}: {first})") from None
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - truncated or mismatched files fail in many ways
+        cause = _first_failure(e)
+        if isinstance(cause, (KeyboardInterrupt, SystemExit)):
+            raise cause from None
+        first = (str(cause).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"checkpoint {path} cannot be restored ({type(cause).__name__}: {first})") from None
     return state
