@@ -6,6 +6,7 @@
 # plus this machine's SGLang flags and data path (bench/device/learn/config.yaml). The `fast` run is
 # also the core-loop issue's real-weights check (its wall clock and step times beside the earlier ones).
 # Needs the SGLang wheels and the model (/tmp/model/qwen2.5-coder-0.5b-instruct) from earlier calls.
+# EXTRA_SET="key=value ..." adds --set overrides to the train command.
 # Writes $OUT/hub_train.out, hub_metrics.jsonl, hub_train.log, hub_eval.json, hub_eval.log, hub_ckpt_files.txt.
 source bench/device/env.sh || exit 1
 MODEL_DIR=${MODEL_DIR:-/tmp/model/qwen2.5-coder-0.5b-instruct}
@@ -16,9 +17,10 @@ PYTHONPATH=tests:$PYTHONPATH python -c "
 import sys; from pathlib import Path; from hf_cache import add_model
 print('HF cache snapshot:', add_model(Path('$HF_HOME'), '$HUB_ID', Path('$MODEL_DIR')))"
 RUNS=/tmp/runs_hub
+extra=(); for kv in ${EXTRA_SET:-}; do extra+=(--set "$kv"); done   # e.g. memory caps when sharing the GPU
 t0=$SECONDS
 timeout -k 20 ${TRAIN_TIMEOUT:-420} python -m gsm8k_grpo train --preset fast --config bench/device/learn/config.yaml \
-  --set "model.path=$HUB_ID" --set "output_dir=$RUNS" > "$OUT/hub_train.out" 2>&1
+  --set "model.path=$HUB_ID" --set "output_dir=$RUNS" "${extra[@]}" > "$OUT/hub_train.out" 2>&1
 echo "train rc=$? wall $((SECONDS - t0)) s"
 tail -3 "$OUT/hub_train.out"
 RUN=$RUNS/fast/trial0

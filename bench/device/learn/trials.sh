@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Several learning trials at once on the one GPU (issue 20: >= 2 seeds of a configuration in one hold).
+# A 0.5B run leaves an H200 mostly idle (decode-bound generation), so each trial is a detached chain
+#   grpo train --preset PRESET --config bench/device/learn/config.yaml --set model.path=$MODEL --set seed=SEED ...
+#   grpo eval --checkpoint <final> --all --config bench/device/learn/share.yaml --data $DATA
+# with its own run dir, its own SGLang server (grpo picks free ports) and memory caps, that outlives the
+# device command which started it (setsid); later commands poll it while the machine stays warm.
+#
+#   bash bench/device/learn/trials.sh start NAME PRESET SEED [KEY=VALUE ...]   returns at once
+#   bash bench/device/learn/trials.sh baseline       the base model on the whole test split, detached
+#   bash bench/device/learn/trials.sh hub            bench/device/hub_id.sh (issue 17), detached
+#   bash bench/device/learn/trials.sh wait SECONDS   until every chain is done or SECONDS pass; prints
+#                                                    progress; packs every result into $OUT/trials.tgz
+#
+# Memory caps per trial (SHARE_SET overrides them): SGLang 0.5.17 sizes its pool as mem_fraction of the
+# memory *free when it starts* (kv_cache_configurator._profile_available_bytes), so 0.05 gives each server
+# at most ~7 GiB whatever started before it (weights 1 GiB; a 1hour batch needs ~0.5 GiB of KV); the trainer runs micro-batches of 4,096 tokens (peak 14.9 GiB
+# at the 1hour shapes, bench/results/2026-11-27-h100-variants.md) under a cap of 0.2 of the card. The
+# micro-batch size changes no number of the update but float summation order (the loss is summed over
+# micro-batches against one token count per batch).
+# Trials that share the GPU slow each other: judge their time budget by the step count, not their wall clock.
+source bench/device/env.sh || exit 1
+set -u
+source bench/device/learn/common.sh || exit 1
+T=${TRIALS_DIR:-/tmp/trials}
+mkdir -p "$T"
+EVAL_CONFIG=${EVAL_CONFIG:-$LEARN_DIR/share.yaml}   # config.yaml with rollout.mem_fraction 0.05
+SHARE_SET=${SHARE_SET-"rollout.mem_fraction=0.05 trainer.micro_batch_tokens=4096 trainer.gpu_memory_fraction=0.2"}
+
+detach() {  # detach NAME SCRIPT: run SCRIPT in its own session; its log in $T/NAME/chain.log
+  mkdir -p "$T/$1"
+  printf '%s\n' "$2" > "$T/$1/chain.sh"
+  setsid bash "$T/$1/chain.sh" > "$T/$1/chain.log" 2>&1 < /dev/null &
+  echo "[trials] $1 started (pid $!)"
+}
+
+case "${1:-}" in
+start)
+  NAME=${2:?NAME}; PRESET=${3:?PRESET}; SEED=${4:?SEED}; shift 4
+  need_model || exit 1
+  sets=()
+  # shellcheck disable=SC2206  # word lists on purpose
+  for kv in $SHARE_SET "seed=$SEED" "$@"; do sets+=(--set "$kv"); done
+  D=$T/$NAME
+  mkdir -p "$D"
+  printf '%s\n' "$PRESET $SEED $SHARE_SET $*" > "$D/settings.txt"
+  detach "$NAME" "cd $PWD
+source bench/device/env.sh
+t0=\$SECONDS
+$PY -m gsm8k_grpo train --preset $PRESET --config $LEARN_CONFIG --set model.path=$MODEL --set output_dir=$D/runs ${sets[*]} > $D/train.out 2>&1
+echo \"train rc=\$? wall \$((SECONDS - t0)) s\" > $D/train.rc
+FINAL=\$(sed -n 's/^final checkpoint: //p' $D/train.out)
+[ -n \"\$FINAL\" ] || { echo 'no final checkpoint' > $D/done; exit 1; }
+t0=\$SECONDS
+$PY -m gsm8k_grpo eval --checkpoint \"\$FINAL\" $EVAL_SET --engine $EVAL_ENGINE --config $EVAL_CONFIG --data $DATA \
+  --output $D/final_rows.jsonl --json > $D/final.json 2> $D/final.log
+echo \"eval rc=\$? wall \$((SECONDS - t0)) s\" > $D/done"
+  ;;
+baseline)
+  need_model || exit 1
+  D=$T/baseline
+  detach baseline "cd $PWD
+source bench/device/env.sh
+t0=\$SECONDS
+$PY -m gsm8k_grpo eval --model $MODEL $EVAL_SET --engine $EVAL_ENGINE --config $EVAL_CONFIG --data $DATA \
+  --output $D/baseline_rows.jsonl --json > $D/baseline.json 2> $D/baseline.log
+echo \"eval rc=\$? wall \$((SECONDS - t0)) s\" > $D/done"
+  ;;
+hub)
+  D=$T/hub
+  mkdir -p "$D"
+  detach hub "cd $PWD
+OUT=$D TRAIN_TIMEOUT=900 EXTRA_SET='$SHARE_SET' bash bench/device/hub_id.sh > $D/hub.out 2>&1
+echo \"hub rc=\$?\" > $D/done"
+  ;;
+wait)
+  deadline=$((SECONDS + ${2:-0}))
+  while :; do
+    pending=0
+    for d in "$T"/*/; do [ -f "$d/done" ] || pending=$((pending + 1)); done
+    [ "$pending" = 0 ] || [ "$SECONDS" -ge "$deadline" ] && break
+    sleep 10
+  done
+  for d in "$T"/*/; do
+    n=$(basename "$d")
+    step=$(grep -ohE "step +[0-9]+/[0-9]+" "$d"/runs/*/*/train.log 2>/dev/null | tail -n 1)
+    echo "[$n] ${step:-no step yet} | $(cat "$d/train.rc" 2>/dev/null) | $(cat "$d/done" 2>/dev/null || echo running)"
+    [ -f "$d/final.json" ] && show_json "$d/final.json"
+    [ -f "$d/baseline.json" ] && show_json "$d/baseline.json"
+    [ -f "$d/hub.out" ] && tail -n 4 "$d/hub.out" | sed 's/^/   /'
+    grep -hE "Error|Traceback|non-finite" "$d/train.out" "$d/chain.log" 2>/dev/null | tail -n 3 | sed 's/^/   ! /'
+  done
+  # everything small enough, in one file (the device returns at most 8)
+  (cd "$T" && for d in */; do
+     ls "$d"runs/*/*/metrics.jsonl "$d"runs/*/*/train.log "$d"runs/*/*/config.yaml 2>/dev/null
+     ls "$d"*.json "$d"*.jsonl "$d"*.log "$d"*.out "$d"*.txt "$d"*.rc "$d"done 2>/dev/null
+   done | tar -czf "$OUT/trials.tgz" -T - 2>/dev/null)
+  ls -la "$OUT/trials.tgz"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+  ;;
+*) echo "usage: trials.sh start NAME PRESET SEED [KEY=VALUE ...] | baseline | hub | wait SECONDS" >&2; exit 2 ;;
+esac
