@@ -1,6 +1,8 @@
 """The real recipe under torchrun with 2 trainer processes (gloo on CPU): rank 0 owns the engine
 and broadcasts the rollouts, both ranks train their share with FSDP2. Step 1 must match a
-1-process run (same rollouts, same loss and grad norm)."""
+1-process run (same rollouts, same loss and grad norm). One case runs the 2 ranks as two "nodes"
+(two torchrun agents, --nnodes 2, c10d rendezvous on 127.0.0.1, one run dir as a shared filesystem):
+docs/multi-gpu.md, "Several nodes"."""
 
 from __future__ import annotations
 
@@ -19,23 +21,49 @@ def _metrics(path):
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def _run(cmd, cwd):
+def _env():
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     env.pop("WANDB_API_KEY", None)
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    return env
+
+
+def _run(cmd, cwd):
+    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
 
-@pytest.mark.parametrize("overlap", [False, True])
-def test_torchrun_two_ranks_matches_one(tmp_path, overlap):
-    """With rollout.overlap, rank 0 generates the next batch in a thread during the update."""
+def _run_two_nodes(args, cwd):
+    """One torchrun agent per "node" (1 rank each), joined by torchrun's c10d rendezvous, as on two hosts."""
+    from gsm8k_grpo.distributed import free_port
+
+    port = free_port()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "grpo-test"]
+    procs = [subprocess.Popen([*launcher, *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.parametrize("overlap,nodes", [(False, 1), (True, 2)], ids=["one-node", "overlap-two-nodes"])
+def test_torchrun_two_ranks_matches_one(tmp_path, overlap, nodes):
+    """With rollout.overlap, rank 0 generates the next batch in a thread during the update. The
+    two-node case is the launch of docs/multi-gpu.md: on CPU it must change nothing."""
     extra = {"trainer.max_steps": 4, "checkpoint.every": 2, "rollout.overlap": overlap}
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     _run([sys.executable, "-m", "gsm8k_grpo", "train", "--config", str(write_toy(one, **extra))], ROOT)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-          "-m", "gsm8k_grpo", "train", "--config", str(write_toy(two, **extra))], ROOT)
+    args = ["-m", "gsm8k_grpo", "train", "--config", str(write_toy(two, **extra))]
+    if nodes == 1:
+        _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args], ROOT)
+    else:
+        _run_two_nodes(args, ROOT)
     a = _metrics(one / "runs" / "toy" / "trial0" / "metrics.jsonl")
     b = _metrics(two / "runs" / "toy" / "trial0" / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
