@@ -9,6 +9,7 @@
 #   bash bench/device/learn/trials.sh start NAME PRESET SEED [KEY=VALUE ...]   returns at once
 #   bash bench/device/learn/trials.sh baseline       the base model on the whole test split, detached
 #   bash bench/device/learn/trials.sh hub            bench/device/hub_id.sh (issue 17), detached
+#   bash bench/device/learn/trials.sh until SECONDS PATTERN FILE   until FILE holds PATTERN
 #   bash bench/device/learn/trials.sh wait SECONDS   until every chain is done or SECONDS pass; prints
 #                                                    progress; packs every result into $OUT/trials.tgz
 #
@@ -73,6 +74,11 @@ hub)
 OUT=$D TRAIN_TIMEOUT=900 EXTRA_SET='$SHARE_SET' bash bench/device/hub_id.sh > $D/hub.out 2>&1
 echo \"hub rc=\$?\" > $D/done"
   ;;
+until)  # until SECONDS PATTERN FILE: return once FILE holds PATTERN (e.g. the hub run's training is done)
+  deadline=$((SECONDS + ${2:?SECONDS}))
+  until grep -q -- "${3:?PATTERN}" "${4:?FILE}" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; do sleep 5; done
+  grep -- "$3" "$4" 2>/dev/null || echo "[trials] no '$3' in $4 after $2 s"; tail -n 3 "$4" 2>/dev/null
+  ;;
 wait)
   deadline=$((SECONDS + ${2:-0}))
   while :; do
@@ -97,5 +103,5 @@ wait)
    done | tar -czf "$OUT/trials.tgz" -T - 2>/dev/null)
   ls -la "$OUT/trials.tgz"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   ;;
-*) echo "usage: trials.sh start NAME PRESET SEED [KEY=VALUE ...] | baseline | hub | wait SECONDS" >&2; exit 2 ;;
+*) echo "usage: trials.sh start NAME PRESET SEED [KEY=VALUE ...] | baseline | hub | until SECONDS PATTERN FILE | wait SECONDS" >&2; exit 2 ;;
 esac
