@@ -68,6 +68,12 @@ def test_hub_id_train_kill_resume_then_eval_without_the_cache(tmp_path, hf_home)
         assert where not in text
     config = json.loads((final / "config.json").read_text())
     assert "_name_or_path" not in config and config["use_cache"] is True
+    # every file as readable as any new file (safetensors writes its file 0600: a shared filesystem's
+    # other users could not load the checkpoint)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {n: oct((final / n).stat().st_mode & 0o777) for n in names if (final / n).is_file()}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
 
     # a fresh process that sees neither the base model nor the HF cache
     shutil.rmtree(hf_home)

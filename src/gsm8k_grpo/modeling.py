@@ -14,6 +14,7 @@ from_pretrained and SGLang anywhere, without the base model, and holds no path o
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from pathlib import Path
 
@@ -123,6 +124,27 @@ def count_params(cfg) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask sets it, which races with threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def make_readable(model_dir: Path) -> None:
+    """Give the files of a written model dir the mode any new file gets (0644 under umask 022).
+    safetensors >= 0.7 writes model.safetensors through a private temporary file (mode 0600), so a
+    checkpoint on a shared filesystem could not be read by anyone but its writer."""
+    mode = 0o666 & ~_umask()
+    for f in model_dir.iterdir():
+        if f.is_file() and (f.stat().st_mode & 0o777) != mode:
+            f.chmod(mode)
+
+
 def materialize(model_cfg: ModelConfig, dest: Path) -> str:
     """A local model dir for model_cfg: the resolved path itself, or `dest` after building random
     weights there once (with the source's tokenizer and generation config)."""
@@ -147,6 +169,7 @@ def materialize(model_cfg: ModelConfig, dest: Path) -> str:
     generation = load_generation_config(source)
     if generation is not None:
         generation.save_pretrained(tmp)
+    make_readable(tmp)
     tmp.rename(dest)
     return str(dest)
 
@@ -189,6 +212,7 @@ def save_model_dir(named_tensors, hf_config, source_dir: str, dest: Path, dtype:
     if generation is not None:
         generation.save_pretrained(dest)
     load_tokenizer(source_dir, pad=False).save_pretrained(dest)
+    make_readable(dest)
 
 
 def is_model_dir(path: Path) -> bool:
