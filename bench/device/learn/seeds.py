@@ -4,7 +4,7 @@
 
 DIR holds what `trials.sh wait` packed: baseline/baseline_rows.jsonl and, per trial NAME,
 NAME/final_rows.jsonl, NAME/final.json, NAME/train.rc, NAME/settings.txt and
-NAME/runs/*/*/metrics.jsonl. Each --group names the trials that are seeds of one configuration.
+NAME/runs/*/*/metrics.jsonl (or NAME/metrics.jsonl). Each --group names the trials that are seeds of one configuration.
 
 Per trial: full-test strict and lenient accuracy, the paired gain over the base model (95 % CI,
 questions fixed/broken, exact McNemar p), steps, median step time and the training wall clock.
@@ -30,7 +30,7 @@ def trial(folder: Path, base: dict, notes: list[str]) -> dict | None:
     if not q:
         notes.append(f"{folder.name}: no final rows (see its train.out / final.log)")
         return None
-    runs = sorted(folder.glob("runs/*/*/metrics.jsonl"))
+    runs = sorted(folder.glob("runs/*/*/metrics.jsonl")) or sorted(folder.glob("metrics.jsonl*"))
     metrics = R.read_jsonl(runs[-1] if runs else None, notes) or []
     steps = [m["time_step"] for m in metrics[1:] if isinstance(m.get("time_step"), (int, float))]
     rc = (folder / "train.rc").read_text().strip() if (folder / "train.rc").is_file() else ""

@@ -6,27 +6,41 @@
 # with its own run dir, its own SGLang server (grpo picks free ports) and memory caps, that outlives the
 # device command which started it (setsid); later commands poll it while the machine stays warm.
 #
-#   bash bench/device/learn/trials.sh start NAME PRESET SEED [KEY=VALUE ...]   returns at once
-#   bash bench/device/learn/trials.sh baseline       the base model on the whole test split, detached
+#   bash bench/device/learn/trials.sh start NAME PRESET SEED [KEY=VALUE ...]   returns after its step 1
+#   bash bench/device/learn/trials.sh baseline       the base model on the whole test split (returns when done)
 #   bash bench/device/learn/trials.sh hub            bench/device/hub_id.sh (issue 17), detached
 #   bash bench/device/learn/trials.sh until SECONDS PATTERN FILE   until FILE holds PATTERN
 #   bash bench/device/learn/trials.sh wait SECONDS   until every chain is done or SECONDS pass; prints
 #                                                    progress; packs every result into $OUT/trials.tgz
 #
-# Memory caps per trial (SHARE_SET overrides them): SGLang 0.5.17 sizes its pool as mem_fraction of the
-# memory *free when it starts* (kv_cache_configurator._profile_available_bytes), so 0.05 gives each server
-# at most ~7 GiB whatever started before it (weights 1 GiB; a 1hour batch needs ~0.5 GiB of KV); the trainer runs micro-batches of 4,096 tokens (peak 14.9 GiB
-# at the 1hour shapes, bench/results/2026-11-27-h100-variants.md) under a cap of 0.2 of the card. The
-# micro-batch size changes no number of the update but float summation order (the loss is summed over
-# micro-batches against one token count per batch).
+# Memory caps per trial (SHARE_SET overrides them). SGLang 0.5.17 sizes its KV pool as
+#   (memory free after it loaded its weights) - (memory free before) x (1 - mem_fraction)
+# (kv_cache_configurator._profile_available_bytes): whatever ANY process allocates while a server loads
+# is charged to that server. Started together (2026-12-03), four trials' trainers took the pool of every
+# server but one ("Loaded weights leave no GPU memory for the KV cache ... Raise --mem-fraction-static
+# above 0.087"; bench/results/2026-12-03-h200-trials/failed/). So `start` staggers: it returns once the
+# trial has logged step 1 (its server sized, its trainer at its peak), and `baseline` once it is done.
+# 0.15 of the free memory is ~20 GiB for the first server (weights 1 GiB; a 1hour batch needs ~0.5 GiB
+# of KV). The trainer runs micro-batches of 4,096 tokens (peak 14.9 GiB at the 1hour shapes,
+# bench/results/2026-11-27-h100-variants.md) under a cap of 0.2 of the card. The micro-batch size
+# changes no number of the update but float summation order (the loss is summed over micro-batches
+# against one token count per batch).
 # Trials that share the GPU slow each other: judge their time budget by the step count, not their wall clock.
 source bench/device/env.sh || exit 1
 set -u
 source bench/device/learn/common.sh || exit 1
 T=${TRIALS_DIR:-/tmp/trials}
 mkdir -p "$T"
-EVAL_CONFIG=${EVAL_CONFIG:-$LEARN_DIR/share.yaml}   # config.yaml with rollout.mem_fraction 0.05
-SHARE_SET=${SHARE_SET-"rollout.mem_fraction=0.05 trainer.micro_batch_tokens=4096 trainer.gpu_memory_fraction=0.2"}
+EVAL_CONFIG=${EVAL_CONFIG:-$LEARN_DIR/share.yaml}   # config.yaml with rollout.mem_fraction 0.15
+SHARE_SET=${SHARE_SET-"rollout.mem_fraction=0.15 trainer.micro_batch_tokens=4096 trainer.gpu_memory_fraction=0.2"}
+
+STAGGER_S=${STAGGER_S:-300}   # at most this long for a trial's step 1 (0: do not wait)
+
+settle() {  # settle PATTERN FILE: until FILE holds PATTERN or STAGGER_S pass
+  local end=$((SECONDS + STAGGER_S))
+  until grep -q -- "$1" "$2" 2>/dev/null || [ "$SECONDS" -ge "$end" ]; do sleep 3; done
+  echo "[trials] after $((STAGGER_S - end + SECONDS)) s: $(grep -m1 -o -- "$1.*" "$2" 2>/dev/null | cut -c1-60)"
+}
 
 detach() {  # detach NAME SCRIPT: run SCRIPT in its own session; its log in $T/NAME/chain.log
   mkdir -p "$T/$1"
@@ -56,6 +70,7 @@ t0=\$SECONDS
 $PY -m gsm8k_grpo eval --checkpoint \"\$FINAL\" $EVAL_SET --engine $EVAL_ENGINE --config $EVAL_CONFIG --data $DATA \
   --output $D/final_rows.jsonl --json > $D/final.json 2> $D/final.log
 echo \"eval rc=\$? wall \$((SECONDS - t0)) s\" > $D/done"
+  settle "step 1/" "$D/train.out"
   ;;
 baseline)
   need_model || exit 1
@@ -66,6 +81,7 @@ t0=\$SECONDS
 $PY -m gsm8k_grpo eval --model $MODEL $EVAL_SET --engine $EVAL_ENGINE --config $EVAL_CONFIG --data $DATA \
   --output $D/baseline_rows.jsonl --json > $D/baseline.json 2> $D/baseline.log
 echo \"eval rc=\$? wall \$((SECONDS - t0)) s\" > $D/done"
+  settle "eval rc" "$D/done"
   ;;
 hub)
   D=$T/hub
