@@ -122,3 +122,19 @@ def test_table_has_verdict_line(run):
         assert name in p.stdout
     verdict = [ln for ln in p.stdout.splitlines() if "a run can start" in ln]
     assert len(verdict) == 1 and "0 fail" in verdict[0], p.stdout
+
+
+def test_gpu_memory_plans_for_a_named_card(run):
+    """--gpu-memory plans 1hour for one card of that size, here on a host without a GPU: 16 GiB fits
+    with the settings grpo train would change, 8 GiB fails with what to change; a bad size is exit 2."""
+    ok = _by_name(_report(run("--preset", "1hour", "--json", "--quick", "--gpu-memory", "16GiB")))["memory"]
+    assert ok["status"] == "ok", ok
+    assert "one 16.0 GiB card" in ok["detail"] and "trainer.micro_batch_tokens 16384 -> 2048" in ok["detail"]
+    p = run("--preset", "1hour", "--json", "--quick", "--gpu-memory", "8GiB")
+    small = _by_name(_report(p))["memory"]
+    assert p.returncode == 1 and small["status"] == "fail" and "does not fit" in small["detail"], small
+    assert small["fix"]
+    bad = run("--preset", "1hour", "--quick", "--gpu-memory", "lots")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --gpu-memory: 'lots' is not a memory size (e.g. 12GiB, 16GB, 24576MiB)"], bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr

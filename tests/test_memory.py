@@ -90,3 +90,32 @@ def test_the_plan_survives_the_resume_round_trip(qwen):
     fresh = cfg_of()
     resumed = validate_config(yaml.safe_load(to_yaml(fresh)))
     assert memory.fit(qwen, resumed, CARD24, shared=True)[1] == memory.fit(qwen, fresh, CARD24, shared=True)[1] != []
+
+
+@pytest.mark.parametrize("text,expect", [("12GiB", 12 * GIB), ("12 gib", 12 * GIB), ("16GB", 16 * 10**9),
+                                         ("24", 24 * GIB), ("24576MiB", 24 * GIB), ("7.5G", int(7.5 * GIB))])
+def test_parse_size(text, expect):
+    assert memory.parse_size(text) == expect
+
+
+@pytest.mark.parametrize("text", ["", "12x", "-4GiB", "0", "GiB", "12 GiB extra"])
+def test_parse_size_refuses(text):
+    with pytest.raises(ValueError, match="is not a memory size"):
+        memory.parse_size(text)
+
+
+def test_card_plan_for_named_cards(qwen):
+    """1hour on the 0.5B model: an H100 needs nothing changed; 24 and 16 GiB fit after fit()'s steps
+    (each setting named once, from its value to where it stopped); 8 GiB does not fit at all."""
+    cfg = cfg_of()
+    fits, changes, _ = memory.card_plan(qwen, cfg, H100, "sglang")
+    assert fits and changes == []
+    fits, changes, est = memory.card_plan(qwen, cfg, 16 * GIB, "sglang")
+    assert fits and est.total <= 0.95 * 16 * GIB
+    assert "trainer.micro_batch_tokens 16384 -> 2048" in changes
+    assert len([c for c in changes if c.startswith("trainer.micro_batch_tokens")]) == 1
+    fits, changes, est = memory.card_plan(qwen, cfg, 8 * GIB, "sglang")
+    assert not fits and est.total > 8 * GIB
+    # the HF engine keeps a second bf16 copy of the weights in the trainer's process, and no SGLang pool
+    fits_hf, _, est_hf = memory.card_plan(qwen, cfg, 16 * GIB, "hf")
+    assert est_hf.server == 0 and fits_hf

@@ -304,6 +304,9 @@ def doctor(
     set_: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help=SET_HELP),
     json_: bool = typer.Option(False, "--json", help="Machine-readable output."),
     quick: bool = typer.Option(False, "--quick", help="Skip the 2-process GPU tests and the hub probe."),
+    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", metavar="SIZE",
+                                             help="Plan the run's memory for one card of SIZE (e.g. 12GiB) "
+                                                  "instead of this host's GPUs."),
 ) -> None:
     """Check this host for a run: GPUs, CUDA, NCCL, IPC, SGLang, /dev/shm, disk, model, data, W&B key, memory."""
 
@@ -313,8 +316,15 @@ def doctor(
         from gsm8k_grpo import doctor as doctor_checks
         from gsm8k_grpo.config import build_config
 
+        from gsm8k_grpo.errors import InputError
+        from gsm8k_grpo.memory import parse_size
+
+        try:
+            card = parse_size(gpu_memory) if gpu_memory is not None else None
+        except ValueError as e:
+            raise InputError(f"--gpu-memory: {e}") from None
         cfg = build_config(preset, config, set_) if (preset or config or set_) else None
-        checks = doctor_checks.run_checks(cfg, cfg.run_dir if cfg else None, quick=quick)
+        checks = doctor_checks.run_checks(cfg, cfg.run_dir if cfg else None, quick=quick, card_bytes=card)
         if json_:
             print(json.dumps(doctor_checks.to_json(checks), indent=1))
         else:

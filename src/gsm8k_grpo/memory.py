@@ -26,6 +26,7 @@ estimate is approximate, and the user may know better).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 GIB = 1024**3
@@ -118,7 +119,11 @@ def fit(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int = 1,
             if t.logprob_chunk > mbt and "logprob_chunk" not in pinned_t:
                 upd["logprob_chunk"] = mbt
             cfg = cfg.model_copy(update={"trainer": t.model_copy(update=upd)})
-            changes.append(f"trainer.micro_batch_tokens {t.micro_batch_tokens} -> {mbt}")
+            first = next((c for c in changes if c.startswith("trainer.micro_batch_tokens ")), None)
+            if first:  # one entry per setting: from its value to where the halving stopped
+                changes[changes.index(first)] = f"{first.rsplit(' -> ', 1)[0]} -> {mbt}"
+            else:
+                changes.append(f"trainer.micro_batch_tokens {t.micro_batch_tokens} -> {mbt}")
         elif "grad_checkpointing" not in pinned_t and not t.grad_checkpointing:
             cfg = cfg.model_copy(update={"trainer": t.model_copy(update={"grad_checkpointing": True})})
             changes.append("trainer.grad_checkpointing false -> true")
@@ -147,3 +152,26 @@ def cpu_refusal(cfg, engine: str, on_gpu: bool, params: int) -> str | None:
         return None
     return (f"model {cfg.model.path} has {params / 1e6:.0f}M parameters and no GPU is visible: the CPU engine "
             f"would take hours (model.max_params_on_cpu={cfg.model.max_params_on_cpu})")
+
+
+_UNITS = {"": GIB, "g": GIB, "gb": 10**9, "gib": GIB, "m": 1024**2, "mb": 10**6, "mib": 1024**2,
+          "t": 1024**4, "tb": 10**12, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'12GiB', '12 GB', '12g', '24576MiB' or a bare number of GiB -> bytes; ValueError if unreadable."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text or "")
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a memory size (e.g. 12GiB, 16GB, 24576MiB)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def card_plan(mc: dict, cfg, card_bytes: float, engine: str) -> tuple[bool, list[str], Estimate]:
+    """The plan `grpo train` would make on one card of card_bytes that holds the trainer and, with
+    SGLang, the server: (fits, the settings fit() changes, the estimate after them). Fits = the
+    estimate is within 95 % of the card, the line doctor's memory check draws on a real GPU."""
+    _, changes, est = fit(mc, cfg, card_bytes, shared=engine == "sglang", trainer_gpus=1,
+                          bf16=cfg.trainer.dtype != "fp32")
+    hf_engine = est.params * (4 if cfg.trainer.dtype == "fp32" else 2) if engine == "hf" else 0
+    return est.total + hf_engine <= 0.95 * card_bytes, changes, est

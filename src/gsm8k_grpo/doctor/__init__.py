@@ -36,14 +36,17 @@ CHECKS: list[tuple[str, Callable[[Context], Check]]] = [
 ]
 
 
-def run_checks(cfg: RunConfig | None = None, run_dir: Path | None = None, quick: bool = False) -> list[Check]:
+def run_checks(cfg: RunConfig | None = None, run_dir: Path | None = None, quick: bool = False,
+               card_bytes: float | None = None) -> list[Check]:
     """Run every check (read-only) and return the results in a fixed order; never raises.
 
     cfg None = the default RunConfig (what `grpo train` with no preset would run); run_dir None =
-    cfg.run_dir. quick skips the two-process GPU checks and the hub probe.
+    cfg.run_dir. quick skips the two-process GPU checks and the hub probe. card_bytes: the memory
+    check plans for one card of that size (grpo doctor --gpu-memory) instead of this host's GPUs.
     """
     cfg = cfg if cfg is not None else RunConfig()
-    ctx = Context(cfg=cfg, run_dir=Path(run_dir) if run_dir is not None else cfg.run_dir, quick=quick)
+    ctx = Context(cfg=cfg, run_dir=Path(run_dir) if run_dir is not None else cfg.run_dir, quick=quick,
+                  card_bytes=card_bytes)
     out: list[Check] = []
     for name, fn in CHECKS:
         try:

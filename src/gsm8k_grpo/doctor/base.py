@@ -51,6 +51,7 @@ class Context:
     gpus: list[Gpu] = field(default_factory=list)
     ipc_ok: bool | None = None
     placement: Any = None
+    card_bytes: float | None = None   # --gpu-memory: plan for a card of this size instead of the GPUs here
     _hub: tuple[bool | None, str] | None = None
 
     def engine(self) -> str:

@@ -163,6 +163,21 @@ def _model_config(ctx: Context) -> dict | None:
     return config
 
 
+def _card_check(ctx: Context, mc: dict, pre: str) -> Check:
+    """--gpu-memory: the plan grpo train would make on one card of that size, trainer and SGLang on it."""
+    c = ctx.cfg
+    engine = c.rollout.engine if c.rollout.engine != "auto" else "sglang"  # auto picks SGLang on a GPU
+    fits, changes, est = memory.card_plan(mc, c, ctx.card_bytes, engine)
+    detail = (f"{pre}, planned for one {gib(ctx.card_bytes)} card ({engine} engine, an estimate calibrated "
+              f"on an H100): {memory.describe(est, ctx.card_bytes)}")
+    if changes:
+        detail += "; grpo train will set " + ", ".join(changes)
+    if fits:
+        return Check("memory", "ok", detail)
+    return Check("memory", "fail", detail + ": does not fit",
+                 "a smaller model, trainer.micro_batch_tokens / trainer.logprob_chunk lower, or a bigger card")
+
+
 def check_memory(ctx: Context) -> Check:
     mc = _model_config(ctx)
     if mc is None:
@@ -173,6 +188,8 @@ def check_memory(ctx: Context) -> Check:
     engine = ctx.engine()
     pre = f"{params / 1e6:.0f}M params"
     refusal = memory.cpu_refusal(c, engine, on_gpu, params)
+    if ctx.card_bytes:
+        return _card_check(ctx, mc, pre)
     if refusal:
         return Check("memory", "fail", f"{pre}: grpo train refuses it here: {refusal}",
                      "run on a GPU host, use --preset smoke, or set rollout.engine=hf explicitly")
