@@ -136,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     a = ap.parse_args(argv)
     notes: list[str] = []
-    base = R.per_question(R.read_jsonl(R.find([a.results / "baseline"], "baseline_rows.jsonl"), notes))
-    if not base:
-        print(f"compare.py: no baseline rows under {a.results / 'baseline'}", file=sys.stderr)
+    base = R.baseline_questions(a.results / "baseline", notes, "compare.py")
+    if base is None:
         return 2
     rows: dict[str, dict] = {}
     for name, _, _ in TRIALS:

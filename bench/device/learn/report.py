@@ -113,6 +113,15 @@ def per_question(rows: list[dict] | None) -> dict[int, dict]:
     return out
 
 
+def baseline_questions(folder: Path, notes: list[str], prog: str) -> dict[int, dict] | None:
+    """per_question() of folder/baseline_rows.jsonl(.gz), or None after saying on stderr that there is none."""
+    base = per_question(read_jsonl(find([folder], "baseline_rows.jsonl"), notes))
+    if not base:
+        print(f"{prog}: no baseline rows under {folder}", file=sys.stderr)
+        return None
+    return base
+
+
 def rows_summary(q: dict[int, dict], only: set[int] | None = None) -> dict | None:
     keys = sorted(q if only is None else set(q) & only)
     if not keys:

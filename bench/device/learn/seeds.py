@@ -57,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     notes: list[str] = []
-    base = R.per_question(R.read_jsonl(R.find([a.trials / "baseline"], "baseline_rows.jsonl"), notes))
-    if not base:
-        print(f"no baseline rows under {a.trials}/baseline", file=sys.stderr)
+    base = R.baseline_questions(a.trials / "baseline", notes, "seeds.py")
+    if base is None:
         return 2
     groups: dict[str, list[dict]] = {}
     for g in a.group:
