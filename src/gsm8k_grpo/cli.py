@@ -315,7 +315,6 @@ def doctor(
 
         from gsm8k_grpo import doctor as doctor_checks
         from gsm8k_grpo.config import build_config
-
         from gsm8k_grpo.errors import InputError
         from gsm8k_grpo.memory import parse_size
 

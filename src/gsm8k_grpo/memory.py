@@ -173,5 +173,9 @@ def card_plan(mc: dict, cfg, card_bytes: float, engine: str) -> tuple[bool, list
     estimate is within 95 % of the card, the line doctor's memory check draws on a real GPU."""
     _, changes, est = fit(mc, cfg, card_bytes, shared=engine == "sglang", trainer_gpus=1,
                           bf16=cfg.trainer.dtype != "fp32")
-    hf_engine = est.params * (4 if cfg.trainer.dtype == "fp32" else 2) if engine == "hf" else 0
-    return est.total + hf_engine <= 0.95 * card_bytes, changes, est
+    return est.total + hf_engine_bytes(est.params, cfg, engine) <= 0.95 * card_bytes, changes, est
+
+
+def hf_engine_bytes(params: int, cfg, engine: str) -> int:
+    """The HF engine's own copy of the weights on the trainer's GPU (in the trainer's dtype); 0 for SGLang."""
+    return params * (4 if cfg.trainer.dtype == "fp32" else 2) if engine == "hf" else 0

@@ -187,9 +187,9 @@ def check_memory(ctx: Context) -> Check:
     on_gpu = ctx.trainer_on_gpu() and bool(ctx.gpus)
     engine = ctx.engine()
     pre = f"{params / 1e6:.0f}M params"
-    refusal = memory.cpu_refusal(c, engine, on_gpu, params)
     if ctx.card_bytes:
         return _card_check(ctx, mc, pre)
+    refusal = memory.cpu_refusal(c, engine, on_gpu, params)
     if refusal:
         return Check("memory", "fail", f"{pre}: grpo train refuses it here: {refusal}",
                      "run on a GPU host, use --preset smoke, or set rollout.engine=hf explicitly")
@@ -211,7 +211,7 @@ def check_memory(ctx: Context) -> Check:
     shared = engine == "sglang" and trainer_gpus[0] in server_gpus
     ranks = int(os.environ.get("WORLD_SIZE", 1))  # trainer processes: 1 unless doctor runs under torchrun
     fitted, changes, est = memory.fit(mc, c, g.total, shared, ranks, c.trainer.dtype != "fp32")
-    hf_engine = params * (4 if c.trainer.dtype == "fp32" else 2) if engine == "hf" else 0
+    hf_engine = memory.hf_engine_bytes(params, c, engine)
     budget = g.free if g.free is not None else g.total
     detail = f"{pre}: {memory.describe(est, g.total)}{' + HF engine' if hf_engine else ''} on GPU {g.index}"
     if g.free is not None:
