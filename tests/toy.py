@@ -30,14 +30,18 @@ def make_tokenizer():
     return fast
 
 
-def make_model_dir(dest: Path, seed: int = 0) -> Path:
+def make_model_dir(dest: Path, seed: int = 0, init_range: float = 0.02) -> Path:
+    """init_range: the weights' init std. At 0.02 the tied embeddings are so small that logits differ by
+    < 1 whatever the decoder layers do: only training the embeddings can make the model sure of a digit
+    (LoRA, which trains the decoder layers only, needs a larger init to learn the toy task)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     tok = make_tokenizer()
     cfg = Qwen2Config(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, eos_token_id=2, bos_token_id=1, pad_token_id=0)
+                      tie_word_embeddings=True, eos_token_id=2, bos_token_id=1, pad_token_id=0,
+                      initializer_range=init_range)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(cfg)
     model.save_pretrained(dest)

@@ -8,6 +8,7 @@ No torch here (the CLI imports this module and must start in well under a second
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -76,6 +77,13 @@ class RolloutConfig(_Strict):
     gpus: int = Field(1, ge=0, description="GPUs given to SGLang when several are visible")
     parallel: Literal["dp", "tp"] = Field("dp", description="with rollout.gpus > 1: dp = one SGLang server per GPU "
                                           "(throughput for small models); tp = one server tensor-parallel over them")
+    @field_validator("server_args", mode="before")
+    @classmethod
+    def _args_as_text(cls, value):  # --set rollout.server_args=[--cuda-graph-max-bs, 16]: YAML reads 16 as a number
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+        return value
+
     overlap: bool = Field(False, description="generate the next step's rollouts while this step updates (one step "
                           "off-policy, corrected by algorithm.offpolicy_weight_cap); default on-policy")
 
@@ -98,6 +106,10 @@ class AlgorithmConfig(_Strict):
     format_bonus: float = Field(0.0, ge=0, description="added when the completion has a \\boxed{} answer")
     offpolicy_weight_cap: float = Field(2.0, ge=1, description="with rollout.overlap: per-token weight "
                                         "pi_trainer / pi_rollout of the one-step-old samples, truncated at this cap")
+    oversample: float = Field(1.0, ge=1, le=4, description="prompts generated per step = ceil(trainer.batch_size "
+                              "x oversample) in one engine call; the batch keeps the first trainer.batch_size groups "
+                              "with signal (DAPO dynamic sampling), the step's own prompts first, the extra ones drawn "
+                              "at random from the pool; generation and its KV cache grow by that factor; 1 = off")
 
     @model_validator(mode="after")
     def _check(self) -> "AlgorithmConfig":
@@ -105,6 +117,9 @@ class AlgorithmConfig(_Strict):
             raise ValueError("algorithm.clip_low and clip_high must be positive (typical: 0.2 and 0.28)")
         if self.clip_low >= 1:
             raise ValueError("algorithm.clip_low must be < 1 (the ratio floor is 1 - clip_low)")
+        if self.oversample > 1 and not self.filter_groups:
+            raise ValueError("algorithm.oversample > 1 needs algorithm.filter_groups=true (without the filter it "
+                             "would only enlarge the batch)")
         return self
 
 
@@ -139,13 +154,32 @@ class TrainerConfig(_Strict):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     logprob_chunk: int = Field(1024, ge=16, description="tokens per lm_head/log-softmax chunk")
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1, description="cap the trainer's share of its GPU")
+    gpu_memory_limit: str | None = Field(
+        None, description="GPU memory the run may use on the trainer's GPU, trainer and SGLang (when it shares that "
+        "GPU) together, e.g. '12GiB': a card shared with other work, or a smaller card's plan tried on a bigger one. "
+        "The memory plan is made for this size; SGLang gets an absolute KV pool (--max-total-tokens) and the "
+        "trainer's allocator is capped at the rest (memory.py). None = the whole card")
     time_limit_minutes: float | None = Field(
         None, gt=0, description="wall clock from the start of this run's setup (a scheduler's limit, less the "
         "seconds of imports before it): before a step that would end past it, save a checkpoint and stop; "
         "grpo resume continues (None = no limit)")
 
+    @field_validator("gpu_memory_limit", mode="before")
+    @classmethod
+    def _limit(cls, value):
+        from gsm8k_grpo.memory import GIB, parse_size
+
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # --set trainer.gpu_memory_limit=12: a bare number is GiB
+        if isinstance(value, str) and parse_size(value) < GIB:  # parse_size's ValueError names what is valid
+            raise ValueError(f"trainer.gpu_memory_limit {value!r} is below 1 GiB; no run fits in it")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":
+        if self.gpu_memory_limit is not None and self.gpu_memory_fraction is not None:
+            raise ValueError("set one of trainer.gpu_memory_limit (the run's memory, trainer and SGLang) and "
+                             "trainer.gpu_memory_fraction (the trainer's share alone), not both")
         mb = self.mini_batch_size or self.batch_size
         if self.batch_size % mb:
             raise ValueError(
@@ -153,6 +187,21 @@ class TrainerConfig(_Strict):
                 "so every optimizer step sees whole groups"
             )
         return self
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(0, ge=0, le=1024, description="LoRA rank; 0 = full fine-tuning. > 0: the trainer trains "
+                      "low-rank adapters on target_modules (peft) and keeps gradients and Adam state for them only; "
+                      "the engine gets the merged weights; a checkpoint holds adapter/ and a merged model/")
+    alpha: float = Field(32.0, gt=0, description="the adapters' output is scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input (0: the training forward "
+                           "is the policy that sampled)")
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1,
+                                      description="names of the linear layers that get adapters (default: every "
+                                      "linear layer of a decoder block)")
 
 
 class WeightsConfig(_Strict):
@@ -194,6 +243,7 @@ class RunConfig(_Strict):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     weights: WeightsConfig = Field(default_factory=WeightsConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -223,6 +273,16 @@ class RunConfig(_Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.experiment_name / self.trial_name
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Prompts generated per step: ceil(trainer.batch_size x algorithm.oversample)."""
+        return prompts_per_step(self.trainer.batch_size, self.algorithm.oversample)
+
+
+def prompts_per_step(batch_size: int, oversample: float) -> int:
+    # rounded first: 10 x 1.1 is 11.000000000000002 in floats, and must give 11
+    return max(batch_size, math.ceil(round(batch_size * oversample, 9)))
 
 
 # ----------------------------------------------------------------------------- presets

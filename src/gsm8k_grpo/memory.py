@@ -2,6 +2,7 @@
 
 Estimates in bytes; h hidden size, L layers, I intermediate size, V vocab, b = 2 (bf16) or 4 (fp32):
     trainer  = 16 · params / trainer GPUs                 fp32 weights + grads + Adam m, v (FSDP shards them)
+               (LoRA: 4 · params + 16 · adapter params)   the frozen fp32 weights have no grads or Adam state
              + 1.13 · T · L · (10h + 4I) · b              activations of one micro-batch of T tokens
                (1.13 · T · (L·h + 10h + 4I) · b           with gradient checkpointing: layer inputs only)
              + C · V · (b + 8)                            one log-prob chunk of C tokens (logits, fp32 grad)
@@ -9,6 +10,7 @@ Estimates in bytes; h hidden size, L layers, I intermediate size, V vocab, b = 2
     server   = mem_fraction · card + 2 GiB                SGLang's static pool (weights + KV cache),
                                                           plus its context, CUDA graphs and workspace
     rollout  = 2 · params + KV bytes/token · B·G·(256 + max_new_tokens) · 1.5   what the pool must hold
+               (B = prompts per step: ceil(batch_size · algorithm.oversample))
 The factor 1.13 and the 2 GiB are calibrated on an H100 with the `1hour` shapes (2026-11-27,
 bench/results/2026-11-27-h100.md): measured trainer peak 32.5 GiB, SGLang at mem_fraction 0.4 took
 33.7 GiB of the card.
@@ -20,14 +22,28 @@ first of these steps whose setting is still at its default (a value changed by a
     1. rollout.mem_fraction down to what the rollout needs (at least 0.08)
     2. trainer.micro_batch_tokens halved, down to 2048 (logprob_chunk follows when larger)
     3. trainer.grad_checkpointing on
-The run then logs what it changed; an estimate still too big is a warning, not an error (the
-estimate is approximate, and the user may know better).
+    4. trainer.logprob_chunk halved, down to 256 (its fp32 logits and their grad: 1.4 GiB at 1024)
+The run then logs what it changed. verdict() judges the estimate after fit(): within 90 % of the
+card it fits; up to the whole card it is tight (a warning: the estimate is approximate); above the
+card it does not fit, and `grpo train` refuses before it loads the model, with what to change.
+
+trainer.gpu_memory_limit (a card shared with other work, or a small card's plan tried on a big one):
+the plan is made for the limit, not the card, and cap() turns it into absolute caps:
+    SGLang   --max-total-tokens N: its KV pool holds N tokens, N = (mem_fraction · limit - weights) /
+             KV bytes per token, whatever else the card holds; --mem-fraction-static 0.9 only so that
+             SGLang's memory profile passes beside other processes (its pool is N tokens either way)
+    trainer  torch.cuda.set_per_process_memory_fraction((limit - server - context) / card)
+On a card (or limit) under 35 GiB SGLang captures decode CUDA graphs only up to batch 8 (< 20 GiB)
+or 24 (< 35 GiB) by default; a step decodes batch_size x n sequences at once, so graph_args() asks
+for graphs up to that batch (a few hundred MiB for a 0.5B model, inside the 2 GiB above).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from gsm8k_grpo.config import prompts_per_step
 
 GIB = 1024**3
 ACT_CALIBRATION = 1.13
@@ -36,7 +52,10 @@ CONTEXT = GIB // 2
 PROMPT_TOKENS = 256        # GSM8K prompts with the chat template stay below this
 MIN_MEM_FRACTION = 0.08
 MIN_MICRO_TOKENS = 2048
+MIN_LOGPROB_CHUNK = 256
 FIT_SHARE = 0.90
+SMALL_CARD = 35 * GIB          # SGLang's own default decode graph batch is 8 below 20 GiB, 24 below 35 GiB
+LIMITED_STATIC_FRACTION = 0.9  # with --max-total-tokens: only so that SGLang's profile passes on a shared card
 
 
 def estimate_params(c: dict) -> int:
@@ -59,6 +78,19 @@ def kv_bytes_per_token(c: dict, b: int = 2) -> int:
     heads = int(c.get("num_attention_heads") or max(1, h // 64))
     head_dim = int(c.get("head_dim") or h // heads)
     return 2 * int(c["num_hidden_layers"]) * int(c.get("num_key_value_heads") or heads) * head_dim * b
+
+
+def lora_params(c: dict, lora) -> int:
+    """Parameters of LoRA adapters of rank lora.rank on lora.target_modules of every decoder layer."""
+    h = int(c["hidden_size"])
+    inter = int(c.get("intermediate_size") or 4 * h)
+    heads = int(c.get("num_attention_heads") or max(1, h // 64))
+    head_dim = int(c.get("head_dim") or h // heads)
+    q, kv = heads * head_dim, int(c.get("num_key_value_heads") or heads) * head_dim
+    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+              "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    per_layer = sum(sum(shapes.get(t, (h, h))) for t in lora.target_modules)
+    return lora.rank * per_layer * int(c["num_hidden_layers"])
 
 
 @dataclass(frozen=True)
@@ -85,7 +117,11 @@ def estimate(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int =
     tokens = t.micro_batch_tokens
     saved = (layers * h * b + per_tok_layer) if t.grad_checkpointing else layers * per_tok_layer
     act = ACT_CALIBRATION * tokens * saved + min(t.logprob_chunk, tokens) * vocab * (b + 8)
-    state = 16 * params / max(1, trainer_gpus)
+    lora = getattr(cfg, "lora", None)
+    if lora is not None and lora.rank:
+        state = (4 * params + 16 * lora_params(mc, lora)) / max(1, trainer_gpus)
+    else:
+        state = 16 * params / max(1, trainer_gpus)
     server = cfg.rollout.mem_fraction * card_bytes + SERVER_OVERHEAD if shared else 0.0
     return Estimate(params, state, act, state + act + CONTEXT, server)
 
@@ -93,7 +129,7 @@ def estimate(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int =
 def rollout_fraction(mc: dict, cfg, card_bytes: float) -> float:
     """The smallest SGLang mem_fraction that holds the weights and one step's KV cache, with margin."""
     r = cfg.rollout
-    tokens = cfg.trainer.batch_size * r.n * (PROMPT_TOKENS + r.max_new_tokens)
+    tokens = step_sequences(cfg) * (PROMPT_TOKENS + r.max_new_tokens)   # with algorithm.oversample
     need = 2 * estimate_params(mc) + 1.5 * kv_bytes_per_token(mc) * tokens
     return max(MIN_MEM_FRACTION, round(need / card_bytes + 0.005, 2))
 
@@ -119,22 +155,86 @@ def fit(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int = 1,
             if t.logprob_chunk > mbt and "logprob_chunk" not in pinned_t:
                 upd["logprob_chunk"] = mbt
             cfg = cfg.model_copy(update={"trainer": t.model_copy(update=upd)})
-            first = next((c for c in changes if c.startswith("trainer.micro_batch_tokens ")), None)
-            if first:  # one entry per setting: from its value to where the halving stopped
-                changes[changes.index(first)] = f"{first.rsplit(' -> ', 1)[0]} -> {mbt}"
-            else:
-                changes.append(f"trainer.micro_batch_tokens {t.micro_batch_tokens} -> {mbt}")
+            _record(changes, "trainer.micro_batch_tokens", t.micro_batch_tokens, mbt)
+            if "logprob_chunk" in upd:
+                _record(changes, "trainer.logprob_chunk", t.logprob_chunk, mbt)
         elif "grad_checkpointing" not in pinned_t and not t.grad_checkpointing:
             cfg = cfg.model_copy(update={"trainer": t.model_copy(update={"grad_checkpointing": True})})
             changes.append("trainer.grad_checkpointing false -> true")
+        elif "logprob_chunk" not in pinned_t and t.logprob_chunk > MIN_LOGPROB_CHUNK:
+            chunk = max(MIN_LOGPROB_CHUNK, t.logprob_chunk // 2)
+            cfg = cfg.model_copy(update={"trainer": t.model_copy(update={"logprob_chunk": chunk})})
+            _record(changes, "trainer.logprob_chunk", t.logprob_chunk, chunk)
         else:
             return cfg, changes, est
+
+
+def _record(changes: list[str], key: str, old, new) -> None:
+    """One entry per setting in `changes`: from its first value to where the halving stopped."""
+    first = next((c for c in changes if c.startswith(key + " ")), None)
+    if first:
+        changes[changes.index(first)] = f"{first.rsplit(' -> ', 1)[0]} -> {new}"
+    else:
+        changes.append(f"{key} {old} -> {new}")
 
 
 def _changed(section) -> set[str]:
     """Fields of a config section whose value differs from the field's default."""
     return {k for k, f in type(section).model_fields.items()
             if not f.is_required() and getattr(section, k) != f.get_default(call_default_factory=True)}
+
+
+def verdict(est: Estimate, card_bytes: float, extra: float = 0.0) -> str:
+    """'fits' (within FIT_SHARE of the card), 'tight' (within the card) or 'no' (above it)."""
+    need = est.total + extra
+    return "fits" if need <= FIT_SHARE * card_bytes else "tight" if need <= card_bytes else "no"
+
+
+def refusal(est: Estimate, card_bytes: float, cfg, what: str = "this GPU") -> str:
+    """The one line of a run that does not fit: the estimate, and what would make it fit."""
+    fixes = []
+    lora = getattr(cfg, "lora", None)
+    if lora is not None and not lora.rank:
+        fixes.append("lora.rank=16 (train LoRA adapters; the frozen weights need no gradients or Adam state)")
+    if not cfg.trainer.grad_checkpointing:
+        fixes.append("trainer.grad_checkpointing=true")
+    fixes.append("a smaller model or a bigger GPU")
+    return f"memory: {describe(est, card_bytes)}: does not fit {what}; set " + ", or ".join(fixes)
+
+
+def graph_args(cfg, card_bytes: float) -> list[str]:
+    """SGLang arguments for a card under SMALL_CARD: decode CUDA graphs up to one step's sequences."""
+    r = cfg.rollout
+    if card_bytes >= SMALL_CARD or {"--cuda-graph-max-bs", "--cuda-graph-max-bs-decode"} & set(r.server_args):
+        return []
+    return ["--cuda-graph-max-bs", str(step_sequences(cfg))]
+
+
+def step_sequences(cfg) -> int:
+    """Sequences one step generates: prompts (with algorithm.oversample) x group size."""
+    prompts = prompts_per_step(cfg.trainer.batch_size, getattr(cfg.algorithm, "oversample", 1.0))
+    return prompts * cfg.rollout.n
+
+
+@dataclass(frozen=True)
+class Caps:
+    kv_tokens: int             # SGLang's --max-total-tokens
+    trainer_fraction: float    # of the whole card, for torch.cuda.set_per_process_memory_fraction
+    trainer_bytes: float
+
+
+def cap(mc: dict, cfg, card_bytes: float, limit_bytes: float, est: Estimate, shared: bool) -> tuple[object, Caps]:
+    """trainer.gpu_memory_limit as absolute caps (module docstring): -> (cfg with SGLang's arguments, Caps).
+    cfg is fit()'s, planned for limit_bytes; est its estimate."""
+    r = cfg.rollout
+    weights = 2 * estimate_params(mc)
+    kv_tokens = max(1, int((r.mem_fraction * limit_bytes - weights) / kv_bytes_per_token(mc)))
+    trainer_bytes = limit_bytes - est.server - CONTEXT
+    if shared:
+        args = list(r.server_args) + ["--max-total-tokens", str(kv_tokens)]
+        cfg = cfg.model_copy(update={"rollout": r.model_copy(update={
+            "mem_fraction": max(r.mem_fraction, LIMITED_STATIC_FRACTION), "server_args": args})})
+    return cfg, Caps(kv_tokens, min(1.0, max(trainer_bytes, 0.0) / card_bytes), trainer_bytes)
 
 
 def describe(est: Estimate, card_bytes: float) -> str:
@@ -167,13 +267,12 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-def card_plan(mc: dict, cfg, card_bytes: float, engine: str) -> tuple[bool, list[str], Estimate]:
+def card_plan(mc: dict, cfg, card_bytes: float, engine: str) -> tuple[str, list[str], Estimate]:
     """The plan `grpo train` would make on one card of card_bytes that holds the trainer and, with
-    SGLang, the server: (fits, the settings fit() changes, the estimate after them). Fits = the
-    estimate is within 95 % of the card, the line doctor's memory check draws on a real GPU."""
+    SGLang, the server: (verdict(), the settings fit() changes, the estimate after them)."""
     _, changes, est = fit(mc, cfg, card_bytes, shared=engine == "sglang", trainer_gpus=1,
                           bf16=cfg.trainer.dtype != "fp32")
-    return est.total + hf_engine_bytes(est.params, cfg, engine) <= 0.95 * card_bytes, changes, est
+    return verdict(est, card_bytes, hf_engine_bytes(est.params, cfg, engine)), changes, est
 
 
 def hf_engine_bytes(params: int, cfg, engine: str) -> int:

@@ -167,15 +167,18 @@ def _card_check(ctx: Context, mc: dict, pre: str) -> Check:
     """--gpu-memory: the plan grpo train would make on one card of that size, trainer and SGLang on it."""
     c = ctx.cfg
     engine = c.rollout.engine if c.rollout.engine != "auto" else "sglang"  # auto picks SGLang on a GPU
-    fits, changes, est = memory.card_plan(mc, c, ctx.card_bytes, engine)
+    verdict, changes, est = memory.card_plan(mc, c, ctx.card_bytes, engine)
     detail = (f"{pre}, planned for one {gib(ctx.card_bytes)} card ({engine} engine, an estimate calibrated "
               f"on an H100): {memory.describe(est, ctx.card_bytes)}")
     if changes:
         detail += "; grpo train will set " + ", ".join(changes)
-    if fits:
+    if verdict == "fits":
         return Check("memory", "ok", detail)
-    return Check("memory", "fail", detail + ": does not fit",
-                 "a smaller model, trainer.micro_batch_tokens / trainer.logprob_chunk lower, or a bigger card")
+    if verdict == "tight":
+        return Check("memory", "warn", detail + ": tight (within the card, above 90 % of it)",
+                     "watch the first steps' peak_mem_gb; lower trainer.micro_batch_tokens if it runs out")
+    fix = memory.refusal(est, ctx.card_bytes, c).split("; set ", 1)[1]
+    return Check("memory", "fail", detail + ": does not fit (grpo train refuses it)", "set " + fix)
 
 
 def check_memory(ctx: Context) -> Check:

@@ -2,7 +2,9 @@
 trainer state to resume.
 
     step_000010/model/     written by modeling.save_model_dir: loads anywhere without the base model
-    step_000010/trainer/   torch.distributed.checkpoint of {model, optimizer} (fp32 master weights)
+    step_000010/adapter/   with lora.rank > 0: the LoRA adapters in peft's layout (model/ has them merged)
+    step_000010/trainer/   torch.distributed.checkpoint of {model, optimizer} (fp32 master weights;
+                           with LoRA the adapters and their optimizer state only: the base is the base model)
     step_000010/state.json step, policy version, scheduler, RNG states, data cursor, W&B run id, config
 Everything is written under .tmp-step_N and renamed into place, so a kill at any moment leaves
 either the previous checkpoint or the new one, never half of one; a save that fails (a full disk)
@@ -58,8 +60,14 @@ def save(run: RunDir, step: int, trainer, source_dir: str, state: dict, keep_las
             run.begin_checkpoint(step)
         dist.barrier()
         save_model_dir(trainer.named_tensors(), trainer.hf_config, source_dir, tmp / "model", export_dtype, rank == 0)
-        dcp_save({"model": get_model_state_dict(trainer.model),
-                  "optim": get_optimizer_state_dict(trainer.model, trainer.optimizer)},
+        if trainer.lora:
+            from gsm8k_grpo.trainer.lora import save_adapter
+
+            base = (state.get("config") or {}).get("model", {}).get("path") or source_dir
+            save_adapter(trainer.adapter_tensors(), trainer.lora, base, tmp / "adapter", rank == 0)
+        options = _options(trainer)
+        dcp_save({"model": _model_state(trainer, get_model_state_dict(trainer.model, options=options)),
+                  "optim": get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options)},
                  checkpoint_id=str(tmp / "trainer"))
         if rank == 0:
             state = dict(state, step=step, scheduler=trainer.scheduler.state_dict(), rng=rng_state())
@@ -80,6 +88,23 @@ def save(run: RunDir, step: int, trainer, source_dir: str, state: dict, keep_las
                                 "free space, then start again")) from None
         raise
     return run.checkpoint_dir(step)
+
+
+def _options(trainer):
+    """With LoRA only the trainable tensors are trainer state (the frozen base is the base model's)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    lora = bool(getattr(trainer, "lora", None))
+    return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
+
+
+def _model_state(trainer, sd: dict) -> dict:
+    """With LoRA, the trainable tensors only: torch's ignore_frozen_params keeps a tied frozen weight
+    under its second name (lm_head.weight, 545 MB in fp32 for Qwen2.5-0.5B)."""
+    if not getattr(trainer, "lora", None):
+        return sd
+    trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in sd.items() if k in trainable}
 
 
 def _first_failure(e: BaseException) -> BaseException:
@@ -114,11 +139,12 @@ def restore(path: Path, trainer) -> dict:
 
     state = read_state(path)
     try:
-        sd = {"model": get_model_state_dict(trainer.model),
-              "optim": get_optimizer_state_dict(trainer.model, trainer.optimizer)}
+        options = _options(trainer)
+        sd = {"model": _model_state(trainer, get_model_state_dict(trainer.model, options=options)),
+              "optim": get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options)}
         dcp_load(sd, checkpoint_id=str(path / "trainer"))
-        set_model_state_dict(trainer.model, sd["model"])
-        set_optimizer_state_dict(trainer.model, trainer.optimizer, sd["optim"])
+        set_model_state_dict(trainer.model, sd["model"], options=options)
+        set_optimizer_state_dict(trainer.model, trainer.optimizer, sd["optim"], options=options)
         trainer.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - truncated or mismatched files fail in many ways

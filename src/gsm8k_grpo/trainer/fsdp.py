@@ -46,9 +46,12 @@ def wrap(model: PolicyModel, compute_dtype: torch.dtype) -> PolicyModel:
     return model
 
 
-def full_named_tensors(model: PolicyModel, dtype: torch.dtype | None = None):
-    """Yield (HF name, full tensor) for every parameter; a collective: every rank must iterate."""
+def full_named_tensors(model: PolicyModel, dtype: torch.dtype | None = None, keep=None):
+    """Yield (HF name, full tensor) for every parameter (whose name `keep` accepts); a collective:
+    every rank must iterate."""
     for name, p in model.named_parameters():
+        if keep is not None and not keep(name):
+            continue
         t = p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
         if dtype is not None:
             t = t.to(dtype)

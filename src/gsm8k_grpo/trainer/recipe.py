@@ -239,20 +239,43 @@ class Recipe:
                 raise ConfigError(f"{refusal}. Run on a GPU host, or set rollout.engine=hf explicitly to insist")
 
     def _fit_memory(self, model_config) -> RunConfig:
-        """Lower unpinned memory settings until trainer (+ SGLang on the same GPU) fit the card (memory.fit)."""
+        """Lower unpinned memory settings until trainer (+ SGLang on the same GPU) fit the card, or
+        trainer.gpu_memory_limit of it (memory.fit); refuse a run that cannot fit, before any model
+        loads; with the limit, cap SGLang's pool and the trainer's allocator (memory.cap)."""
         from gsm8k_grpo import memory
 
         p = self.placement
         shared = self.engine_kind == "sglang" and p is not None and self.device.index in p.server_gpus
         card = torch.cuda.get_device_properties(self.device).total_memory
+        limit = self.cfg.trainer.gpu_memory_limit
+        plan = min(card, memory.parse_size(limit)) if limit else card
+        what = f"trainer.gpu_memory_limit={limit} of this GPU" if limit else f"this {card / memory.GIB:.0f} GiB GPU"
         bf16 = self.cfg.trainer.dtype != "fp32"
-        cfg, changes, est = memory.fit(model_config.to_dict(), self.cfg, card, shared, self.world, bf16)
+        mc = model_config.to_dict()
+        cfg, changes, est = memory.fit(mc, self.cfg, plan, shared, self.world, bf16)
         cfg, changes, est = broadcast_object((cfg, changes, est), self.world)  # every rank takes rank 0's plan
         if changes:
-            log.info("memory plan for this %.0f GiB GPU: %s", card / memory.GIB, "; ".join(changes))
-        if est.total > memory.FIT_SHARE * card:
-            log.warning("memory: %s; it may not fit. Lower rollout.mem_fraction / trainer.micro_batch_tokens, "
-                        "set trainer.grad_checkpointing=true, or use two GPUs", memory.describe(est, card))
+            log.info("memory plan for %s: %s", what, "; ".join(changes))
+        verdict = memory.verdict(est, plan)
+        if verdict == "no":
+            raise ConfigError(memory.refusal(est, plan, cfg, what))
+        if verdict == "tight":
+            log.warning("memory: %s: tight for %s (the estimate is approximate); if it runs out, lower "
+                        "trainer.micro_batch_tokens or set trainer.grad_checkpointing=true", memory.describe(est, plan),
+                        what)
+        if shared and memory.graph_args(cfg, plan):
+            r = cfg.rollout
+            cfg = cfg.model_copy(update={"rollout": r.model_copy(update={
+                "server_args": list(r.server_args) + memory.graph_args(cfg, plan)})})
+        if limit:
+            cfg, caps = memory.cap(mc, cfg, card, plan, est, shared)
+            torch.cuda.set_per_process_memory_fraction(caps.trainer_fraction, self.device)
+            log.info("memory limit %s: trainer allocator capped at %.1f GiB%s", limit, caps.trainer_bytes / memory.GIB,
+                     f"; SGLang's KV pool {caps.kv_tokens} tokens (--max-total-tokens; --mem-fraction-static "
+                     f"{cfg.rollout.mem_fraction} only lets its memory profile pass)" if shared else "")
+        if cfg.rollout.server_args != self.cfg.rollout.server_args:
+            log.info("SGLang arguments added by the memory plan: %s",
+                     " ".join(cfg.rollout.server_args[len(self.cfg.rollout.server_args):]))
         return cfg
 
     def _make_transport(self):
@@ -449,6 +472,9 @@ def describe_update(cfg: RunConfig) -> str:
         what = "on-policy policy gradient (REINFORCE; ratio 1, so the clip never engages)"
     extra = "; one step off-policy, weighted by pi_trainer/pi_rollout" if cfg.rollout.overlap else ""
     kl = f"; KL {algo.kl_coef:g}" if algo.kl_coef else ""
+    if algo.oversample > 1:
+        extra += (f"; dynamic sampling: {cfg.prompts_per_step} prompts generated, the first {t.batch_size} groups "
+                  "with signal trained")
     return f"{what}, {adv} advantages, {agg}{kl}{extra}"
 
 

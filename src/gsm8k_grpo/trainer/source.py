@@ -11,6 +11,7 @@ keeps a batch generated ahead (``state``), so a resumed run trains on the same s
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -96,9 +97,16 @@ class RolloutSource:
         return self._prompt_ids[problem.idx]
 
     def generate(self, step: int) -> Batch:
-        """Generate, score, compute advantages and filter the groups of `step`'s prompts."""
+        """Generate, score, compute advantages and filter the groups of `step`'s prompts.
+
+        With algorithm.oversample > 1 the same engine call also generates extra prompts
+        (extra_problems); the batch keeps the first trainer.batch_size groups with signal, the
+        step's own first. reward, accuracy, format and length metrics cover the step's own
+        prompts only, so they compare with runs without oversampling."""
         cfg, algo = self.cfg, self.cfg.algorithm
-        problems = gsm8k.batch_for_step(self.pool, step - 1, cfg.trainer.batch_size, cfg.data.seed)
+        own = cfg.trainer.batch_size
+        mine = gsm8k.batch_for_step(self.pool, step - 1, own, cfg.data.seed)
+        problems = mine + extra_problems(self.pool, step, mine, cfg.prompts_per_step - own, cfg.data.seed)
         prompt_ids = [self._prompt(p) for p in problems]
         params = SamplingParams(cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens,
                                 tuple(self.stop_ids), step_seed(cfg.seed, step))
@@ -108,21 +116,41 @@ class RolloutSource:
         t1 = time.time()
         scores = [[self.scorer(self.tokenizer.decode(c.token_ids, skip_special_tokens=True), c.token_ids, p.gold)
                    for c in group] for p, group in zip(problems, groups)]
-        rewards = torch.tensor([[s.reward for s in g] for g in scores], dtype=torch.float32)   # [B, G]
-        advantages = group_advantages(rewards, algo.adv_norm)                                    # [B, G]
-        keep = group_has_signal(rewards) if algo.filter_groups else torch.ones(len(groups), dtype=torch.bool)
+        rewards = torch.tensor([[s.reward for s in g] for g in scores], dtype=torch.float32)   # [N, G]
+        advantages = group_advantages(rewards, algo.adv_norm)                                    # [N, G]
+        signal = group_has_signal(rewards) if algo.filter_groups else torch.ones(len(groups), dtype=torch.bool)
+        keep = [b for b in range(len(groups)) if signal[b]][:own]   # in prompt order, the step's own first
         samples = [TrainSample(prompt_ids[b], c.token_ids, float(advantages[b, k]), c.logprobs)
-                   for b, group in enumerate(groups) if keep[b] for k, c in enumerate(group)]
-        completions = [c for g in groups for c in g]
+                   for b in keep for k, c in enumerate(groups[b])]
+        everything = [c for g in groups for c in g]
+        completions = [c for g in groups[:own] for c in g]
         lengths = [len(c.token_ids) for c in completions]
-        flat = [s for g in scores for s in g]
+        flat = [s for g in scores[:own] for s in g]
         metrics = {
-            "reward_mean": float(rewards.mean()), "accuracy": sum(s.correct for s in flat) / len(flat),
+            "reward_mean": float(rewards[:own].mean()), "accuracy": sum(s.correct for s in flat) / len(flat),
             "format_rate": sum(s.has_format for s in flat) / len(flat),
             "response_len_mean": sum(lengths) / len(lengths), "response_len_max": max(lengths),
             "truncated_frac": sum(c.finish_reason == "length" for c in completions) / len(completions),
-            "filtered_group_frac": 1.0 - float(keep.float().mean()),
+            "filtered_group_frac": 1.0 - float(signal.float().mean()),
+            "groups_generated": len(groups), "groups_trained": len(keep),
             "time_generate": t1 - t0, "time_reward": time.time() - t1,
-            "gen_tokens_per_s": sum(lengths) / max(t1 - t0, 1e-9),
+            "gen_tokens_per_s": sum(len(c.token_ids) for c in everything) / max(t1 - t0, 1e-9),
         }
         return Batch(samples, metrics, version)
+
+
+def extra_problems(pool: list[gsm8k.Problem], step: int, own: list[gsm8k.Problem], count: int,
+                   seed: int) -> list[gsm8k.Problem]:
+    """algorithm.oversample: `count` more problems for `step`, a pure function of (pool, step, own, count, seed).
+
+    A seeded sample of the pool without the step's own problems, so the data order and its epochs stay
+    as without oversampling; a pool too small for that repeats problems (as batch_for_step does)."""
+    if count <= 0:
+        return []
+    taken = {p.idx for p in own}
+    candidates = [i for i, p in enumerate(pool) if p.idx not in taken] or list(range(len(pool)))
+    rng = random.Random(f"oversample {seed} {step}")
+    idx: list[int] = []
+    while len(idx) < count:
+        idx += rng.sample(candidates, min(len(candidates), count - len(idx)))
+    return [pool[i] for i in idx]

@@ -128,6 +128,11 @@ class Trainer:
         self.compute_dtype = torch.bfloat16 if bf16 else torch.float32
         hf = load_causal_lm(model_dir, dtype=torch.float32, device=device)
         hf.config.use_cache = False
+        self.lora = cfg.lora if cfg.lora.rank else None
+        if self.lora:  # adapters on the target layers; every other weight frozen (trainer/lora.py)
+            from gsm8k_grpo.trainer.lora import add_adapters
+
+            hf = add_adapters(hf, self.lora, cfg.model.init_seed + cfg.seed)
         if cfg.trainer.grad_checkpointing:
             hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.hf_config = hf.config
@@ -143,7 +148,8 @@ class Trainer:
             ref_hf = load_causal_lm(model_dir, dtype=self.compute_dtype, device=device).eval()
             self.ref = PolicyModel(ref_hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature).requires_grad_(False)
         opt = cfg.optimizer
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
                                            weight_decay=opt.weight_decay)
         mini_batches = cfg.trainer.batch_size // (cfg.trainer.mini_batch_size or cfg.trainer.batch_size)
         total_optimizer_steps = total_steps * mini_batches * cfg.algorithm.ppo_epochs
@@ -254,7 +260,7 @@ class Trainer:
 
     def optimizer_step(self, stats: UpdateStats) -> bool:
         """Clip and apply the accumulated gradients when their norm is finite; -> whether it stepped."""
-        params = list(self.model.parameters())
+        params = self.trainable
         # get_total_norm, then clip: a non-finite norm leaves the grads readable for the log line
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # global over ranks
@@ -290,7 +296,20 @@ class Trainer:
         return detail
 
     def named_tensors(self, dtype: torch.dtype | None = None):
-        return full_named_tensors(self.model, dtype)
+        """(HF name, full tensor) of the policy's weights, LoRA adapters merged: what the engine serves
+        and a checkpoint's model/ holds. A collective: every rank iterates."""
+        if not self.lora:
+            return full_named_tensors(self.model, dtype)
+        from gsm8k_grpo.trainer.lora import merged, scaling
+
+        pairs = merged(full_named_tensors(self.model), scaling(self.lora))
+        return ((n, t.to(dtype) if dtype is not None else t) for n, t in pairs)
+
+    def adapter_tensors(self):
+        """(name, full tensor) of the LoRA adapters only (a collective)."""
+        from gsm8k_grpo.trainer.lora import is_adapter
+
+        return full_named_tensors(self.model, keep=is_adapter)
 
 
 _LAYER = re.compile(r"^.*\.layers\.(\d+)\.(.+)$")
