@@ -14,4 +14,9 @@ if [ -f .carry/pack.tgz ]; then
 fi
 if [ -d .carry/gsm8k ] && [ ! -L .carry ]; then mkdir -p /tmp/carry && cp -r .carry/. /tmp/carry/; fi
 [ -d .carry/gsm8k ] || { [ -d /tmp/carry/gsm8k ] && ln -sfn /tmp/carry .carry; }
+# peft (LoRA) and its dependencies, carried in .carry/pack.tgz's wheels/: into SGLang's site, once
+if ls /tmp/carry/wheels/*.whl >/dev/null 2>&1 && [ -d /tmp/site ] && [ ! -f /tmp/site/.peft-ready ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+    --root-user-action=ignore --target /tmp/site /tmp/carry/wheels/*.whl && touch /tmp/site/.peft-ready
+fi
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

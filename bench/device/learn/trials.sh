@@ -9,11 +9,17 @@
 #   bash bench/device/learn/trials.sh start NAME PRESET SEED [KEY=VALUE ...]   returns after its step 1
 #   bash bench/device/learn/trials.sh baseline       the base model on the whole test split (returns when done)
 #   bash bench/device/learn/trials.sh hub            bench/device/hub_id.sh (issue 17), detached
+#   bash bench/device/learn/trials.sh cards          the consumer-card chain (bench/device/cards.py), detached
 #   bash bench/device/learn/trials.sh until SECONDS PATTERN FILE   until FILE holds PATTERN
 #   bash bench/device/learn/trials.sh wait SECONDS   until every chain is done or SECONDS pass; prints
 #                                                    progress; packs every result into $OUT/trials.tgz
 #
-# Memory caps per trial (SHARE_SET overrides them). SGLang 0.5.17 sizes its KV pool as
+# Memory caps per trial (SHARE_SET overrides them): since 2026-12-03 (session 9) trainer.gpu_memory_limit,
+# which gives SGLang an absolute pool (--max-total-tokens, with --mem-fraction-static 0.9 only so that its
+# memory profile passes) and caps the trainer's allocator at the rest: each trial is planned as if it had a
+# 16 GiB card of its own (fit() then sets micro-batches of 2,048 tokens and gradient checkpointing, which
+# change float summation order and speed, not the update). What follows is why the old way failed.
+# SGLang 0.5.17 sizes its KV pool as
 #   (memory free after it loaded its weights) - (memory free before) x (1 - mem_fraction)
 # (kv_cache_configurator._profile_available_bytes): whatever ANY process allocates while a server loads
 # is charged to that server. Started together (2026-12-03), four trials' trainers took the pool of every
@@ -32,11 +38,12 @@ source bench/device/learn/common.sh || exit 1
 T=${TRIALS_DIR:-/tmp/trials}
 mkdir -p "$T"
 EVAL_CONFIG=${EVAL_CONFIG:-$LEARN_DIR/share.yaml}   # config.yaml with rollout.mem_fraction 0.15
-SHARE_SET=${SHARE_SET-"rollout.mem_fraction=0.15 trainer.micro_batch_tokens=4096 trainer.gpu_memory_fraction=0.2"}
+SHARE_SET=${SHARE_SET-"trainer.gpu_memory_limit=16GiB"}
 
-STAGGER_S=${STAGGER_S:-300}   # at most this long for a trial's step 1 (0: do not wait)
+STAGGER_S=${STAGGER_S:-0}   # at most this long for a trial's step 1 (0: do not wait; the limit needs no stagger)
 
 settle() {  # settle PATTERN FILE: until FILE holds PATTERN or STAGGER_S pass
+  [ "$STAGGER_S" = 0 ] && return 0
   local end=$((SECONDS + STAGGER_S))
   until grep -q -- "$1" "$2" 2>/dev/null || [ "$SECONDS" -ge "$end" ]; do sleep 3; done
   echo "[trials] after $((STAGGER_S - end + SECONDS)) s: $(grep -m1 -o -- "$1.*" "$2" 2>/dev/null | cut -c1-60)"
@@ -90,6 +97,24 @@ hub)
 OUT=$D TRAIN_TIMEOUT=900 EXTRA_SET='$SHARE_SET' bash bench/device/hub_id.sh > $D/hub.out 2>&1
 echo \"hub rc=\$?\" > $D/done"
   ;;
+cards)  # issue 22: 1hour shapes capped to consumer cards, 10 steps each, one after the other
+  need_model || exit 1
+  D=$T/cards
+  mkdir -p "$D"
+  C="$PY bench/device/cards.py --out $D --model $MODEL --config $LEARN_CONFIG"
+  LORA="lora.rank=16 lora.alpha=32 optimizer.lr=2e-5"
+  # by hand, what a 12 GiB card would get if the estimate did not refuse full fine-tuning there: SGLang's
+  # pool 0.15 x 12 GiB (76k tokens of KV beside 1 GiB of weights), the trainer 9 GiB (0.0644 of 139.8)
+  ARGS="[--attention-backend, triton, --sampling-backend, pytorch, --grammar-backend, none, --max-total-tokens, 76000, --cuda-graph-max-bs, 64]"
+  detach cards "cd $PWD
+source bench/device/env.sh
+$C lora8 8GiB $LORA
+$C full16 16GiB
+$C full12 12GiB
+$C full12m none trainer.gpu_memory_fraction=0.0644 rollout.mem_fraction=0.9 'rollout.server_args=$ARGS' trainer.micro_batch_tokens=2048 trainer.grad_checkpointing=true trainer.logprob_chunk=256
+$C full24 24GiB
+echo cards > $D/done"
+  ;;
 until)  # until SECONDS PATTERN FILE: return once FILE holds PATTERN (e.g. the hub run's training is done)
   deadline=$((SECONDS + ${2:?SECONDS}))
   until grep -q -- "${3:?PATTERN}" "${4:?FILE}" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; do sleep 5; done
@@ -110,14 +135,15 @@ wait)
     [ -f "$d/final.json" ] && show_json "$d/final.json"
     [ -f "$d/baseline.json" ] && show_json "$d/baseline.json"
     [ -f "$d/hub.out" ] && tail -n 4 "$d/hub.out" | sed 's/^/   /'
+    for j in "$d"*.json; do [ -f "$j" ] && [ "${j##*/}" != final.json ] && [ "${j##*/}" != baseline.json ] && head -c 600 "$j" | tr -d '\n' && echo; done
     grep -hE "Error|Traceback|non-finite" "$d/train.out" "$d/chain.log" 2>/dev/null | tail -n 3 | sed 's/^/   ! /'
   done
   # everything small enough, in one file (the device returns at most 8)
   (cd "$T" && for d in */; do
      ls "$d"runs/*/*/metrics.jsonl "$d"runs/*/*/train.log "$d"runs/*/*/config.yaml 2>/dev/null
-     ls "$d"*.json "$d"*.jsonl "$d"*.log "$d"*.out "$d"*.txt "$d"*.rc "$d"done 2>/dev/null
+     ls "$d"*.json "$d"*.jsonl "$d"*.log "$d"*.out "$d"*.txt "$d"*.rc "$d"done "$d"*/*/*/metrics.jsonl 2>/dev/null
    done | tar -czf "$OUT/trials.tgz" -T - 2>/dev/null)
   ls -la "$OUT/trials.tgz"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   ;;
-*) echo "usage: trials.sh start NAME PRESET SEED [KEY=VALUE ...] | baseline | hub | until SECONDS PATTERN FILE | wait SECONDS" >&2; exit 2 ;;
+*) echo "usage: trials.sh start NAME PRESET SEED [KEY=VALUE ...] | baseline | hub | cards | until SECONDS PATTERN FILE | wait SECONDS" >&2; exit 2 ;;
 esac

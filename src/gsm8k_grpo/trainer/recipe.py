@@ -374,7 +374,10 @@ class Recipe:
         if stats.samples and stats.time_train:
             out["train_tokens_per_s"] = stats.seq_tokens / stats.time_train
             if self.peak_flops:  # every rank gets the whole batch list
-                out["mfu"] = 6 * self.n_params * stats.seq_tokens / stats.time_train / (self.peak_flops * self.world)
+                # 6 N a token: forward 2 N, backward 4 N; with LoRA the frozen weights get no weight
+                # gradient, so 4 N (the adapters' own flops are < 1 % of it)
+                per_token = (4 if self.cfg.lora.rank else 6) * self.n_params
+                out["mfu"] = per_token * stats.seq_tokens / stats.time_train / (self.peak_flops * self.world)
         if self.device.type == "cuda":
             out["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return out
