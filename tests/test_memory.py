@@ -181,3 +181,15 @@ def test_gpu_memory_limit_and_fraction_exclude_each_other():
 
     with pytest.raises(ConfigError, match="set one of trainer.gpu_memory_limit"):
         cfg_of("trainer.gpu_memory_limit=12GiB", "trainer.gpu_memory_fraction=0.5")
+
+
+def test_an_absolute_server_pool_is_estimated_as_such(qwen):
+    """rollout.server_args with --max-total-tokens N: SGLang holds weights + N tokens of KV whatever
+    mem_fraction says (the by-hand caps of bench/device/cards.py's full12m)."""
+    args = "[--max-total-tokens, 76000, --cuda-graph-max-bs, 64]"
+    cfg = cfg_of(f"rollout.server_args={args}", "rollout.mem_fraction=0.9")
+    est = memory.estimate(qwen, cfg, H100, shared=True)
+    expect = 2 * est.params + 76000 * memory.kv_bytes_per_token(qwen) + memory.SERVER_OVERHEAD
+    assert est.server == pytest.approx(expect) and est.server < 4 * GIB
+    assert memory.max_total_tokens(["--max-total-tokens=5", "--x"]) == 5
+    assert memory.max_total_tokens(["--max-total-tokens"]) is None

@@ -122,8 +122,26 @@ def estimate(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int =
         state = (4 * params + 16 * lora_params(mc, lora)) / max(1, trainer_gpus)
     else:
         state = 16 * params / max(1, trainer_gpus)
-    server = cfg.rollout.mem_fraction * card_bytes + SERVER_OVERHEAD if shared else 0.0
+    tokens = max_total_tokens(cfg.rollout.server_args)
+    if tokens is not None:  # an absolute pool (as trainer.gpu_memory_limit sets it): weights + that many tokens
+        server = 2 * params + tokens * kv_bytes_per_token(mc) + SERVER_OVERHEAD if shared else 0.0
+    else:
+        server = cfg.rollout.mem_fraction * card_bytes + SERVER_OVERHEAD if shared else 0.0
     return Estimate(params, state, act, state + act + CONTEXT, server)
+
+
+def max_total_tokens(server_args: list[str]) -> int | None:
+    """SGLang's --max-total-tokens N among the server arguments (the last one wins, as in argparse)."""
+    found = None
+    for i, arg in enumerate(server_args):
+        if arg == "--max-total-tokens" and i + 1 < len(server_args):
+            found = server_args[i + 1]
+        elif arg.startswith("--max-total-tokens="):
+            found = arg.split("=", 1)[1]
+    try:
+        return int(found) if found is not None else None
+    except ValueError:
+        return None
 
 
 def rollout_fraction(mc: dict, cfg, card_bytes: float) -> float:
