@@ -30,20 +30,44 @@ def cfg_of(*sets: str, preset: str = "1hour"):
 def test_estimate_matches_the_h100_measurement(qwen):
     # bench/results/2026-11-27-h100.md: 1hour shapes, random 0.5B, peak trainer memory 32.5 GiB
     est = memory.estimate(qwen, cfg_of(), H100, shared=True)
-    assert abs(est.trainer / GIB - 32.5) / 32.5 < 0.05
+    assert abs(est.allocated / GIB - 32.5) / 32.5 < 0.05
+    assert est.trainer == pytest.approx(est.allocated * (1 + memory.FRAGMENTATION) + memory.CONTEXT)
     # SGLang at mem_fraction 0.4 left 45.5 of the card's 79.6 GiB: it took about 34 GiB
     assert abs(est.server / GIB - 33.9) < 1.5
+
+
+def test_estimate_matches_the_h200_measurements(qwen):
+    """bench/results/2026-12-03-h200-cards.md: Qwen2.5-Coder-0.5B (its own lm_head, 630M parameters), 1hour
+    shapes: torch's peak allocation 17.0 GiB at micro-batches of 4,096 tokens, 14.4 at 2,048, 9.75 with
+    LoRA rank 16 at 4,096; the trainer process took 20.7 GiB by NVML at 17.0 allocated."""
+    coder = dict(qwen, tie_word_embeddings=False)
+    assert memory.estimate_params(coder) == pytest.approx(630.2e6, rel=1e-3)
+    for sets, measured in ((["trainer.micro_batch_tokens=4096"], 17.0), (["trainer.micro_batch_tokens=2048"], 14.36),
+                           (["trainer.micro_batch_tokens=4096", "lora.rank=16"], 9.75)):
+        est = memory.estimate(coder, cfg_of(*sets), H100, shared=True)
+        assert abs(est.allocated / GIB - measured) / measured < 0.05, (sets, est.allocated / GIB)
+    est = memory.estimate(coder, cfg_of("trainer.micro_batch_tokens=4096"), H100, shared=True)
+    assert abs(est.trainer / GIB - 20.7) < 0.5
+
+
+def test_the_optimizer_step_is_the_peak_with_small_micro_batches(qwen):
+    """With gradient checkpointing the activations are small, and AdamW's full-size temporary (4 bytes a
+    trained parameter) sets the peak: the 16 GiB plan that left it out ran out of memory on the H200."""
+    est = memory.estimate(qwen, cfg_of("trainer.micro_batch_tokens=2048", "trainer.grad_checkpointing=true",
+                                       "trainer.logprob_chunk=256"), H100, shared=True)
+    assert est.activations < 4 * est.params
+    assert est.allocated == pytest.approx(est.state + 4 * est.params)
 
 
 def test_h100_needs_no_change(qwen):
     cfg = cfg_of()
     fitted, changes, est = memory.fit(qwen, cfg, H100, shared=True)
-    assert changes == [] and fitted is cfg and est.total < 0.9 * H100
+    assert changes == [] and fitted is cfg and est.total < memory.FIT_SHARE * H100
 
 
 def test_24gb_card_shared_fits_by_lowering_the_server_pool_then_micro_batches(qwen):
     fitted, changes, est = memory.fit(qwen, cfg_of(), CARD24, shared=True)
-    assert est.total <= 0.9 * CARD24
+    assert est.total <= memory.FIT_SHARE * CARD24
     assert changes[0].startswith("rollout.mem_fraction 0.4 -> ")
     assert any(c.startswith("trainer.micro_batch_tokens") for c in changes)
     assert fitted.rollout.mem_fraction == memory.rollout_fraction(qwen, cfg_of(), CARD24) < 0.2
@@ -70,7 +94,7 @@ def test_separate_gpus_leave_the_server_alone(qwen):
 def test_too_small_a_card_returns_the_best_plan_and_says_it_does_not_fit(qwen):
     fitted, _changes, est = memory.fit(qwen, cfg_of(), 8 * GIB, shared=True)
     assert fitted.trainer.grad_checkpointing and fitted.trainer.micro_batch_tokens == memory.MIN_MICRO_TOKENS
-    assert est.total > 0.9 * 8 * GIB          # the recipe logs a warning and goes on
+    assert memory.verdict(est, 8 * GIB) == "no"   # grpo train refuses it, with what to change
     assert "of 8.0 GiB" in memory.describe(est, 8 * GIB)
 
 
@@ -105,27 +129,30 @@ def test_parse_size_refuses(text):
 
 
 def test_card_plan_for_named_cards(qwen):
-    """1hour on the 0.5B model: an H100 needs nothing changed; 24 and 16 GiB fit after fit()'s steps
-    (each setting named once, from its value to where it stopped); 8 GiB does not fit at all."""
+    """1hour on the 0.5B model: an H100 needs nothing changed; 24 GiB fits after fit()'s steps (each
+    setting named once, from its value to where it stopped); 16 GiB is tight (within the card, above
+    95 % of it: a warning); 8 GiB does not fit at all."""
     cfg = cfg_of()
     fits, changes, _ = memory.card_plan(qwen, cfg, H100, "sglang")
     assert fits == "fits" and changes == []
+    fits, changes, est = memory.card_plan(qwen, cfg, 24 * GIB, "sglang")
+    assert fits == "fits" and est.total <= memory.FIT_SHARE * 24 * GIB
     fits, changes, est = memory.card_plan(qwen, cfg, 16 * GIB, "sglang")
-    assert fits == "fits" and est.total <= 0.9 * 16 * GIB
+    assert fits == "tight" and est.total <= 16 * GIB
     assert "trainer.micro_batch_tokens 16384 -> 2048" in changes
     assert len([c for c in changes if c.startswith("trainer.micro_batch_tokens")]) == 1
     fits, changes, est = memory.card_plan(qwen, cfg, 8 * GIB, "sglang")
     assert fits == "no" and est.total > 8 * GIB
     # the HF engine keeps a second bf16 copy of the weights in the trainer's process, and no SGLang pool
-    fits_hf, _, est_hf = memory.card_plan(qwen, cfg, 16 * GIB, "hf")
+    fits_hf, _, est_hf = memory.card_plan(qwen, cfg, 24 * GIB, "hf")
     assert est_hf.server == 0 and fits_hf == "fits"
 
 
 def test_gpu_memory_limit_caps_both_processes(qwen):
-    """trainer.gpu_memory_limit=16GiB on an H100: planned for 16 GiB; SGLang gets an absolute KV pool
-    (weights + pool = mem_fraction x 16 GiB), the trainer's allocator the rest, and both add up to the limit."""
-    limit = 16 * GIB
-    cfg = cfg_of("trainer.gpu_memory_limit=16GiB")
+    """trainer.gpu_memory_limit=24GiB on an H100: planned for 24 GiB; SGLang gets an absolute KV pool
+    (weights + pool = mem_fraction x 24 GiB), the trainer's allocator the rest, and both add up to the limit."""
+    limit = 24 * GIB
+    cfg = cfg_of("trainer.gpu_memory_limit=24GiB")
     fitted, changes, est = memory.fit(qwen, cfg, limit, shared=True)
     assert memory.verdict(est, limit) == "fits"
     capped, caps = memory.cap(qwen, fitted, H100, limit, est, shared=True)
@@ -160,7 +187,7 @@ def test_a_run_that_cannot_fit_is_refused_with_what_to_change(qwen):
     assert "\n" not in line and "does not fit trainer.gpu_memory_limit=8GiB" in line
     assert "trainer.grad_checkpointing=true" not in line  # fit() already turned it on
     assert fitted.trainer.grad_checkpointing
-    tight = memory.Estimate(1, 0, 0, 0.95 * GIB, 0)
+    tight = memory.Estimate(1, 0, 0, 0.97 * GIB, 0)
     assert memory.verdict(tight, GIB) == "tight" and memory.verdict(tight, 2 * GIB) == "fits"
 
 

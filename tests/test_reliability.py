@@ -275,3 +275,20 @@ def test_a_signal_during_a_checkpoint_save(tmp_path, sig, code):
     assert newest is not None
     res = grpo("resume", str(run), "--set", f"trainer.max_steps={int(newest.name[5:]) + 1}", timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_a_full_disk_is_recognised_by_the_error_text_when_the_errno_is_hidden(tmp_path):
+    """safetensors >= 0.7 reports a full disk as SafetensorError text (seen on the H200 when seven trials
+    filled its 64 GiB disk, 2026-12-03): the save's one line must still say 'no space left', whatever
+    the free space is by the time the failed save's folder is removed."""
+    from gsm8k_grpo.trainer.checkpoint import _out_of_space
+
+    class SafetensorError(Exception):
+        pass
+
+    hidden = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert _out_of_space(hidden, tmp_path)  # tmp_path has plenty of space free
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = hidden
+    assert _out_of_space(wrapped, tmp_path)
+    assert not _out_of_space(SafetensorError("Error while serializing: header too large"), tmp_path)

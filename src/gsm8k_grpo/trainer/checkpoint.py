@@ -18,6 +18,7 @@ import errno
 import io
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -116,12 +117,20 @@ def _first_failure(e: BaseException) -> BaseException:
     return e
 
 
+_ENOSPC_TEXT = re.compile(r"No space left on device|os error 28\b|Errno 28\b")
+
+
 def _out_of_space(e: BaseException, folder: Path) -> bool:
-    """A failed write caused by a full disk: ENOSPC anywhere in the exception chain, or (torch's and
-    safetensors' own errors hide the errno: 'unexpected pos 704 vs 598') almost nothing left free."""
+    """A failed write caused by a full disk: ENOSPC anywhere in the exception chain, or its text in an
+    error that hides the errno (safetensors 0.7+: 'SafetensorError: Error while serializing: I/O error:
+    No space left on device (os error 28)'), or (torch's own: 'unexpected pos 704 vs 598') almost
+    nothing left free. The text matters: by this check the failed save's folder is removed, and on a
+    disk shared with other jobs the free space is no longer what the write saw."""
     seen: BaseException | None = _first_failure(e)
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if _ENOSPC_TEXT.search(str(seen)):
             return True
         seen = seen.__cause__ or seen.__context__
     try:
