@@ -26,22 +26,23 @@ def _samples() -> list[TrainSample]:
     return out
 
 
-def _cfg(tmp: str, agg: str, **trainer):
+def _cfg(tmp: str, agg: str, lora: bool = False, **trainer):
     from gsm8k_grpo.config import RunConfig
 
     return RunConfig.model_validate({
         "output_dir": tmp, "rollout": {"engine": "hf", "n": 2},
         "algorithm": {"loss_agg": agg, "filter_groups": False},
         "optimizer": {"lr": 1e-2}, "trainer": {"batch_size": 3, "device": "cpu", "micro_batch_tokens": 24, **trainer},
+        "lora": {"rank": 4, "alpha": 8} if lora else {},
     })
 
 
-def _worker(rank: int, world: int, port: int, model_dir: str, tmp: str, agg: str) -> None:
+def _worker(rank: int, world: int, port: int, model_dir: str, tmp: str, agg: str, lora: bool = False) -> None:
     from gsm8k_grpo.trainer.update import Trainer
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    tr = Trainer(_cfg(tmp, agg), model_dir, torch.device("cpu"), total_steps=1, pad_id=0)
+    tr = Trainer(_cfg(tmp, agg, lora), model_dir, torch.device("cpu"), total_steps=1, pad_id=0)
     stats = tr.update(_samples()).metrics()
     params = {n: t.clone() for n, t in tr.named_tensors()}
     if rank == 0:
@@ -62,10 +63,11 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _run(world: int, model_dir: Path, tmp: Path, agg: str):
+def _run(world: int, model_dir: Path, tmp: Path, agg: str, lora: bool = False):
     ctx = mp.get_context("spawn")
     port = _port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, str(model_dir), str(tmp), agg)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, str(model_dir), str(tmp), agg, lora))
+             for r in range(world)]
     for p in procs:
         p.start()
     for p in procs:
@@ -74,10 +76,13 @@ def _run(world: int, model_dir: Path, tmp: Path, agg: str):
     return torch.load(f"{tmp}/result-{world}.pt")
 
 
-@pytest.mark.parametrize("agg", ["token", "sequence"])
-def test_two_process_fsdp_matches_one(tiny_model_dir, tmp_path, agg):
-    loss1, gn1, ent1, p1 = _run(1, tiny_model_dir, tmp_path, agg)
-    loss2, gn2, ent2, p2 = _run(2, tiny_model_dir, tmp_path, agg)
+@pytest.mark.parametrize("agg, lora", [("token", False), ("sequence", False), ("token", True)],
+                         ids=["token", "sequence", "lora"])
+def test_two_process_fsdp_matches_one(tiny_model_dir, tmp_path, agg, lora):
+    """With LoRA the two ranks shard the frozen weights and the adapters alike, and the merged weights
+    (what the engine gets) agree; only the adapted layers' weights move."""
+    loss1, gn1, ent1, p1 = _run(1, tiny_model_dir, tmp_path, agg, lora)
+    loss2, gn2, ent2, p2 = _run(2, tiny_model_dir, tmp_path, agg, lora)
     model_dir = tiny_model_dir
     assert gn1 > 0
     assert loss2 == pytest.approx(loss1, rel=1e-4, abs=1e-6)
@@ -86,9 +91,13 @@ def test_two_process_fsdp_matches_one(tiny_model_dir, tmp_path, agg):
     # Adam's first step is ~lr * g / |g|: where a gradient is ~0, summation-order noise flips its
     # direction, so weights agree to a small fraction of lr (1e-2), not to fp32 epsilon.
     init = _initial(model_dir)
+    assert set(p1) == set(init)  # HF names, the adapters merged
+    adapted = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     for name in p1:
         torch.testing.assert_close(p2[name], p1[name], rtol=0, atol=5e-4)
-        assert not torch.equal(p1[name], init[name])  # the update moved every tensor
+        moved = not torch.equal(p1[name], init[name])
+        # full fine-tuning moves every tensor; LoRA only the adapted layers' weights (not their biases)
+        assert moved == (not lora or (name.endswith(".weight") and any(f".{t}." in name for t in adapted))), name
 
 
 def test_disk_push_changes_hf_engine_and_roundtrip_is_exact(tiny_model_dir, tmp_path):

@@ -52,6 +52,11 @@ def test_lora_learns_the_toy_task_and_checkpoints_adapter_and_merged_model(tmp_p
         changed += not torch.equal(t, before[name])
     assert changed == 2 * 7  # the seven target layers of both decoder layers, nothing else
 
+    # grpo eval given the adapter dir says which folder to use, in one line
+    res = grpo("eval", "--checkpoint", str(ckpt / "adapter"), "--samples", "2", timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {ckpt / 'adapter'} is a LoRA adapter, not a model; use {ckpt / 'model'} (the merged model)"]
+
     # the trainer state (to resume) holds the adapters and their optimizer state only
     from torch.distributed.checkpoint import FileSystemReader
 

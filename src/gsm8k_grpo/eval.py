@@ -122,6 +122,10 @@ def check_model_dir(path: Path) -> Path:
         raise InputError(f"{path} is a run dir, not a model dir{hint}")
     if path.is_dir() and path.name == "trainer" and (path / ".metadata").is_file():
         raise InputError(f"{path} is the trainer state (optimizer), not a model; use {path.parent / 'model'}")
+    if path.is_dir() and (path / "adapter_config.json").is_file() and not is_model_dir(path):
+        merged = path.parent / "model"
+        raise InputError(f"{path} is a LoRA adapter, not a model" + (f"; use {merged} (the merged model)"
+                         if is_model_dir(merged) else "; merge it into its base model with peft first"))
     if not path.is_dir() or not is_model_dir(path):
         raise InputError(f"{path} is not a model dir (needs config.json and *.safetensors)")
     try:
