@@ -15,6 +15,7 @@ from gsm8k_grpo.config import build_config
 
 GIB = memory.GIB
 H100 = 81559 * 2**20          # torch's total_memory of the H100 80GB HBM3 on the device
+H200 = int(139.8 * GIB)       # the H200's, 2026-12-03
 CARD24 = 24 * GIB
 
 
@@ -220,3 +221,37 @@ def test_an_absolute_server_pool_is_estimated_as_such(qwen):
     assert est.server == pytest.approx(expect) and est.server < 4 * GIB
     assert memory.max_total_tokens(["--max-total-tokens=5", "--x"]) == 5
     assert memory.max_total_tokens(["--max-total-tokens"]) is None
+
+
+def test_the_recipe_applies_the_limit_and_refuses_before_loading(monkeypatch):
+    """Recipe._fit_memory, the GPU-only step of setup, on this CPU host: the card size and the
+    allocator cap are the only GPU calls, and they are stood in for (an H200's 139.8 GiB)."""
+    import types
+
+    import torch
+
+    from gsm8k_grpo.config import ConfigError
+    from gsm8k_grpo.modeling import load_config
+    from gsm8k_grpo.trainer.recipe import Recipe
+
+    caps = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(total_memory=H200))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: caps.append(f))
+    mc = load_config(assets.resolve("builtin:qwen2.5-0.5b-instruct"), {})
+
+    def fit(*sets):
+        me = types.SimpleNamespace(cfg=cfg_of(*sets), placement=types.SimpleNamespace(server_gpus=[0]),
+                                   engine_kind="sglang", device=types.SimpleNamespace(index=0), world=1)
+        return Recipe._fit_memory(me, mc)
+
+    cfg = fit("trainer.gpu_memory_limit=12GiB", "lora.rank=16")
+    args = cfg.rollout.server_args
+    assert args[:2] == ["--cuda-graph-max-bs", "64"] and args[2] == "--max-total-tokens"
+    assert cfg.rollout.mem_fraction == memory.LIMITED_STATIC_FRACTION
+    assert len(caps) == 1 and caps[0] * H200 < 12 * GIB
+    with pytest.raises(ConfigError) as e:
+        fit("trainer.gpu_memory_limit=12GiB")  # full fine-tuning: 16 bytes a parameter do not fit
+    assert "does not fit trainer.gpu_memory_limit=12GiB of this GPU; set lora.rank=16" in str(e.value)
+    assert "\n" not in str(e.value) and len(caps) == 1  # refused before any cap (or model) was set
+    plain = fit()  # no limit, a big card: nothing changes, no cap
+    assert plain == cfg_of() and len(caps) == 1
