@@ -121,6 +121,7 @@ def test_merge_matches_peft(tmp_path):
     ("lora.target_modules=[qq_proj]", "lora.target_modules ['qq_proj'] are not linear layers of this model"),
     ("lora.rank=-1", "lora.rank"),
     ("lora.target_modules=[]", "lora.target_modules"),
+    ("lora.target_modules=[q_proj, lm_head]", "lora.target_modules: lm_head shares its weight with the input"),
 ])
 def test_bad_lora_settings_are_one_line(tmp_path, setting, needle):
     cfg = write_toy(tmp_path, **LORA)
@@ -128,3 +129,19 @@ def test_bad_lora_settings_are_one_line(tmp_path, setting, needle):
     assert res.returncode == 2, res.stderr[-2000:]
     assert needle in res.stderr and "Traceback" not in res.stderr
     assert len([x for x in res.stderr.splitlines() if x.strip()]) == 1, res.stderr
+
+
+def test_the_adapter_names_the_weights_it_was_trained_on(tmp_path, monkeypatch):
+    """adapter_config.json's base model: a hub id with its revision; a local dir made absolute; the run's
+    own base_model/ for random or shipped weights, which no hub id names."""
+    from gsm8k_grpo.trainer.checkpoint import adapter_base
+
+    run_base = tmp_path / "run" / "base_model"
+    assert adapter_base({"model": {"path": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "v1"}}, "/cache/snap") == (
+        "Qwen/Qwen2.5-0.5B-Instruct", "v1")
+    (tmp_path / "local").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert adapter_base({"model": {"path": "local"}}, str(run_base)) == (str(tmp_path / "local"), None)
+    assert adapter_base({"model": {"path": "Qwen/Qwen2.5-0.5B-Instruct", "random_init": True}}, str(run_base)) == (
+        str(run_base), None)
+    assert adapter_base({"model": {"path": "builtin:qwen2.5-0.5b-instruct"}}, str(run_base)) == (str(run_base), None)

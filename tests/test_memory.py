@@ -134,18 +134,18 @@ def test_card_plan_for_named_cards(qwen):
     setting named once, from its value to where it stopped); 16 GiB is tight (within the card, above
     95 % of it: a warning); 8 GiB does not fit at all."""
     cfg = cfg_of()
-    fits, changes, _ = memory.card_plan(qwen, cfg, H100, "sglang")
+    fits, changes, _, _ = memory.card_plan(qwen, cfg, H100, "sglang")
     assert fits == "fits" and changes == []
-    fits, changes, est = memory.card_plan(qwen, cfg, 24 * GIB, "sglang")
+    fits, changes, est, _ = memory.card_plan(qwen, cfg, 24 * GIB, "sglang")
     assert fits == "fits" and est.total <= memory.FIT_SHARE * 24 * GIB
-    fits, changes, est = memory.card_plan(qwen, cfg, 16 * GIB, "sglang")
+    fits, changes, est, _ = memory.card_plan(qwen, cfg, 16 * GIB, "sglang")
     assert fits == "tight" and est.total <= 16 * GIB
     assert "trainer.micro_batch_tokens 16384 -> 2048" in changes
     assert len([c for c in changes if c.startswith("trainer.micro_batch_tokens")]) == 1
-    fits, changes, est = memory.card_plan(qwen, cfg, 8 * GIB, "sglang")
+    fits, changes, est, _ = memory.card_plan(qwen, cfg, 8 * GIB, "sglang")
     assert fits == "no" and est.total > 8 * GIB
     # the HF engine keeps a second bf16 copy of the weights in the trainer's process, and no SGLang pool
-    fits_hf, _, est_hf = memory.card_plan(qwen, cfg, 24 * GIB, "hf")
+    fits_hf, _, est_hf, _ = memory.card_plan(qwen, cfg, 24 * GIB, "hf")
     assert est_hf.server == 0 and fits_hf == "fits"
 
 
@@ -255,3 +255,25 @@ def test_the_recipe_applies_the_limit_and_refuses_before_loading(monkeypatch):
     assert "\n" not in str(e.value) and len(caps) == 1  # refused before any cap (or model) was set
     plain = fit()  # no limit, a big card: nothing changes, no cap
     assert plain == cfg_of() and len(caps) == 1
+
+
+def test_the_users_own_server_pool_and_flags_are_kept_under_a_limit(qwen):
+    """A --max-total-tokens or --mem-fraction-static of the user's is what estimate() planned with, so
+    cap() keeps it; --cuda-graph-max-bs=N (the = form) counts as given."""
+    cfg = cfg_of("rollout.server_args=[--max-total-tokens, 50000, --mem-fraction-static=0.5]",
+                 "trainer.gpu_memory_limit=24GiB")
+    fitted, _, est = memory.fit(qwen, cfg, 24 * GIB, shared=True)
+    capped, caps = memory.cap(qwen, fitted, H100, 24 * GIB, est, shared=True)
+    assert capped.rollout.server_args == fitted.rollout.server_args and caps.kv_tokens == 50000
+    assert capped.rollout.mem_fraction == fitted.rollout.mem_fraction
+    assert memory.graph_args(cfg_of("rollout.server_args=[--cuda-graph-max-bs=16]"), 12 * GIB) == []
+
+
+def test_the_memory_saver_counts_the_larger_phase_not_the_sum(qwen):
+    """rollout.enable_memory_saver: SGLang's memory is released during the update, the trainer's peak."""
+    plain = memory.estimate(qwen, cfg_of(), 24 * GIB, shared=True)
+    saver = memory.estimate(qwen, cfg_of("rollout.enable_memory_saver=true"), 24 * GIB, shared=True)
+    assert plain.total == pytest.approx(plain.trainer + plain.server)
+    resting = saver.state * (1 + memory.FRAGMENTATION) + memory.CONTEXT
+    assert saver.total == pytest.approx(max(saver.trainer, saver.server + resting))
+    assert saver.total < plain.total

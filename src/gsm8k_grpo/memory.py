@@ -22,7 +22,7 @@ NVML at 17.0 allocated: the 1.15 and 1.2 GiB above. With gradient checkpointing 
 the optimizer step is the peak (state + 4 bytes a parameter): the 16 GiB plan that left it out ran out
 of memory there.
 
-fit(): on a GPU shared by trainer and server, while the estimate is above 90 % of the card, take the
+fit(): on a GPU shared by trainer and server, while the estimate is above 95 % of the card, take the
 first of these steps whose setting is still at its default (a value changed by a preset, --config or
 --set is the user's and stays; defaults rather than "named" keys, because RUN_DIR/config.yaml and
 `grpo resume` carry every key), and repeat:
@@ -110,8 +110,16 @@ class Estimate:
     server: float         # on the trainer's GPU only when shared, else 0
     allocated: float = 0.0  # torch's peak allocation in the trainer (what peak_mem_gb reports)
 
+    saver: bool = False     # rollout.enable_memory_saver: SGLang releases its memory during the update
+
     @property
     def total(self) -> float:
+        """The peak of trainer + SGLang on one GPU. With the memory saver SGLang's memory is released
+        while the trainer is at its peak: then the larger of the two phases (generation: SGLang beside
+        the trainer's state; the update: the trainer alone)."""
+        if self.saver and self.server:
+            resting = self.state * (1 + FRAGMENTATION) + CONTEXT
+            return max(self.trainer, self.server + resting)
         return self.trainer + self.server
 
 
@@ -138,7 +146,8 @@ def estimate(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int =
         server = cfg.rollout.mem_fraction * card_bytes + SERVER_OVERHEAD if shared else 0.0
     trained = lora_params(mc, lora) if lora is not None and lora.rank else params
     allocated = state + max(act, 4 * trained / max(1, trainer_gpus))
-    return Estimate(params, state, act, allocated * (1 + FRAGMENTATION) + CONTEXT, server, allocated)
+    return Estimate(params, state, act, allocated * (1 + FRAGMENTATION) + CONTEXT, server, allocated,
+                    saver=bool(cfg.rollout.enable_memory_saver and shared))
 
 
 def max_total_tokens(server_args: list[str]) -> int | None:
@@ -224,7 +233,8 @@ def refusal(est: Estimate, card_bytes: float, cfg, what: str = "this GPU") -> st
     fixes = []
     lora = getattr(cfg, "lora", None)
     if lora is not None and not lora.rank:
-        fixes.append("lora.rank=16 (train LoRA adapters; the frozen weights need no gradients or Adam state)")
+        fixes.append("lora.rank=16 lora.alpha=32 optimizer.lr=2e-5 (LoRA adapters at a 10x learning rate; the "
+                     "frozen weights need no gradients or Adam state)")
     if not cfg.trainer.grad_checkpointing:
         fixes.append("trainer.grad_checkpointing=true")
     fixes.append("a smaller model or a bigger GPU")
@@ -234,9 +244,14 @@ def refusal(est: Estimate, card_bytes: float, cfg, what: str = "this GPU") -> st
 def graph_args(cfg, card_bytes: float) -> list[str]:
     """SGLang arguments for a card under SMALL_CARD: decode CUDA graphs up to one step's sequences."""
     r = cfg.rollout
-    if card_bytes >= SMALL_CARD or {"--cuda-graph-max-bs", "--cuda-graph-max-bs-decode"} & set(r.server_args):
+    if card_bytes >= SMALL_CARD or _has_flag(r.server_args, "--cuda-graph-max-bs", "--cuda-graph-max-bs-decode"):
         return []
     return ["--cuda-graph-max-bs", str(step_sequences(cfg))]
+
+
+def _has_flag(args: list[str], *flags: str) -> bool:
+    """Whether any of `flags` is among the server arguments, as `--flag value` or `--flag=value`."""
+    return any(a in flags or a.split("=", 1)[0] in flags for a in args)
 
 
 def step_sequences(cfg) -> int:
@@ -257,12 +272,15 @@ def cap(mc: dict, cfg, card_bytes: float, limit_bytes: float, est: Estimate, sha
     cfg is fit()'s, planned for limit_bytes; est its estimate."""
     r = cfg.rollout
     weights = 2 * estimate_params(mc)
-    kv_tokens = max(1, int((r.mem_fraction * limit_bytes - weights) / kv_bytes_per_token(mc)))
+    own = max_total_tokens(r.server_args)  # the user's own absolute pool (estimate() planned with it) stays
+    kv_tokens = own or max(1, int((r.mem_fraction * limit_bytes - weights) / kv_bytes_per_token(mc)))
     trainer_bytes = limit_bytes - est.server - CONTEXT
     if shared:
-        args = list(r.server_args) + ["--max-total-tokens", str(kv_tokens)]
-        cfg = cfg.model_copy(update={"rollout": r.model_copy(update={
-            "mem_fraction": max(r.mem_fraction, LIMITED_STATIC_FRACTION), "server_args": args})})
+        args = list(r.server_args) + ([] if own else ["--max-total-tokens", str(kv_tokens)])
+        update = {"server_args": args}
+        if not _has_flag(r.server_args, "--mem-fraction-static"):
+            update["mem_fraction"] = max(r.mem_fraction, LIMITED_STATIC_FRACTION)
+        cfg = cfg.model_copy(update={"rollout": r.model_copy(update=update)})
     return cfg, Caps(kv_tokens, min(1.0, max(trainer_bytes, 0.0) / card_bytes), trainer_bytes)
 
 
@@ -296,12 +314,12 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-def card_plan(mc: dict, cfg, card_bytes: float, engine: str) -> tuple[str, list[str], Estimate]:
+def card_plan(mc: dict, cfg, card_bytes: float, engine: str) -> tuple[str, list[str], Estimate, object]:
     """The plan `grpo train` would make on one card of card_bytes that holds the trainer and, with
-    SGLang, the server: (verdict(), the settings fit() changes, the estimate after them)."""
-    _, changes, est = fit(mc, cfg, card_bytes, shared=engine == "sglang", trainer_gpus=1,
-                          bf16=cfg.trainer.dtype != "fp32")
-    return verdict(est, card_bytes, hf_engine_bytes(est.params, cfg, engine)), changes, est
+    SGLang, the server: (verdict(), the settings fit() changes, the estimate after them, the fitted cfg)."""
+    fitted, changes, est = fit(mc, cfg, card_bytes, shared=engine == "sglang", trainer_gpus=1,
+                               bf16=cfg.trainer.dtype != "fp32")
+    return verdict(est, card_bytes, hf_engine_bytes(est.params, cfg, engine)), changes, est, fitted
 
 
 def hf_engine_bytes(params: int, cfg, engine: str) -> int:

@@ -167,7 +167,7 @@ def _card_check(ctx: Context, mc: dict, pre: str) -> Check:
     """--gpu-memory: the plan grpo train would make on one card of that size, trainer and SGLang on it."""
     c = ctx.cfg
     engine = c.rollout.engine if c.rollout.engine != "auto" else "sglang"  # auto picks SGLang on a GPU
-    verdict, changes, est = memory.card_plan(mc, c, ctx.card_bytes, engine)
+    verdict, changes, est, fitted = memory.card_plan(mc, c, ctx.card_bytes, engine)
     detail = (f"{pre}, planned for one {gib(ctx.card_bytes)} card ({engine} engine, an estimate calibrated "
               f"on an H100): {memory.describe(est, ctx.card_bytes)}")
     if changes:
@@ -175,9 +175,9 @@ def _card_check(ctx: Context, mc: dict, pre: str) -> Check:
     if verdict == "fits":
         return Check("memory", "ok", detail)
     if verdict == "tight":
-        return Check("memory", "warn", detail + ": tight (within the card, above 90 % of it)",
+        return Check("memory", "warn", detail + f": tight (within the card, above {memory.FIT_SHARE:.0%} of it)",
                      "watch the first steps' peak_mem_gb; lower trainer.micro_batch_tokens if it runs out")
-    fix = memory.refusal(est, ctx.card_bytes, c).split("; set ", 1)[1]
+    fix = memory.refusal(est, ctx.card_bytes, fitted).split("; set ", 1)[1]
     return Check("memory", "fail", detail + ": does not fit (grpo train refuses it)", "set " + fix)
 
 
@@ -213,10 +213,14 @@ def check_memory(ctx: Context) -> Check:
     g = ctx.gpus[trainer_gpus[0]]
     shared = engine == "sglang" and trainer_gpus[0] in server_gpus
     ranks = int(os.environ.get("WORLD_SIZE", 1))  # trainer processes: 1 unless doctor runs under torchrun
-    fitted, changes, est = memory.fit(mc, c, g.total, shared, ranks, c.trainer.dtype != "fp32")
+    limit = memory.parse_size(c.trainer.gpu_memory_limit) if c.trainer.gpu_memory_limit else None
+    card = min(g.total, limit) if limit else g.total   # grpo train plans for the limit, as here
+    fitted, changes, est = memory.fit(mc, c, card, shared, ranks, c.trainer.dtype != "fp32")
     hf_engine = memory.hf_engine_bytes(params, c, engine)
-    budget = g.free if g.free is not None else g.total
-    detail = f"{pre}: {memory.describe(est, g.total)}{' + HF engine' if hf_engine else ''} on GPU {g.index}"
+    budget = min(card, g.free) if g.free is not None else card
+    detail = f"{pre}: {memory.describe(est, card)}{' + HF engine' if hf_engine else ''} on GPU {g.index}"
+    if limit:
+        detail += f" (trainer.gpu_memory_limit={c.trainer.gpu_memory_limit})"
     if g.free is not None:
         detail += f" ({gib(g.free)} free)"
     if changes:
@@ -227,6 +231,9 @@ def check_memory(ctx: Context) -> Check:
         if sg.free is not None and fitted.rollout.mem_fraction * sg.total > sg.free:
             return Check("memory", "warn", detail + f" but only {gib(sg.free)} is free there",
                          "free that GPU or lower rollout.mem_fraction")
+    if memory.verdict(est, card) == "no":  # grpo train refuses it before loading anything
+        return Check("memory", "fail", detail + ": does not fit (grpo train refuses it)",
+                     "set " + memory.refusal(est, card, fitted).split("; set ", 1)[1])
     if est.total + hf_engine > 0.95 * budget:
         return Check("memory", "warn", detail + ": likely OOM",
                      "lower rollout.mem_fraction / trainer.micro_batch_tokens, set trainer.grad_checkpointing=true, "

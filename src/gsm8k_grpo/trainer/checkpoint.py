@@ -64,8 +64,8 @@ def save(run: RunDir, step: int, trainer, source_dir: str, state: dict, keep_las
         if trainer.lora:
             from gsm8k_grpo.trainer.lora import save_adapter
 
-            base = (state.get("config") or {}).get("model", {}).get("path") or source_dir
-            save_adapter(trainer.adapter_tensors(), trainer.lora, base, tmp / "adapter", rank == 0)
+            base, revision = adapter_base(state.get("config") or {}, source_dir)
+            save_adapter(trainer.adapter_tensors(), trainer.lora, base, tmp / "adapter", rank == 0, revision)
         options = _options(trainer)
         dcp_save({"model": _model_state(trainer, get_model_state_dict(trainer.model, options=options)),
                   "optim": get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options)},
@@ -89,6 +89,19 @@ def save(run: RunDir, step: int, trainer, source_dir: str, state: dict, keep_las
                                 "free space, then start again")) from None
         raise
     return run.checkpoint_dir(step)
+
+
+def adapter_base(config: dict, source_dir: str) -> tuple[str, str | None]:
+    """What adapter_config.json names as the base model, and its revision: the hub id (and
+    model.revision) or the absolute local dir the adapters were trained on; with model.random_init
+    or a shipped builtin: model, the run's own base_model/ folder (no hub id names those weights)."""
+    model = config.get("model") or {}
+    path = model.get("path")
+    if not path or model.get("random_init") or path.startswith("builtin:"):
+        return str(Path(source_dir).resolve()), None
+    if Path(path).expanduser().is_dir():
+        return str(Path(path).expanduser().resolve()), None
+    return path, model.get("revision")
 
 
 def _options(trainer):

@@ -44,15 +44,18 @@ def add_adapters(hf: nn.Module, cfg: LoraConfig, init_seed: int) -> nn.Module:
     if missing:
         raise ConfigError(f"lora.target_modules {missing} are not linear layers of this model; it has "
                           f"{', '.join(sorted(present - {'lm_head'}))}")
+    if "lm_head" in targets and getattr(hf.config, "tie_word_embeddings", False):
+        raise ConfigError("lora.target_modules: lm_head shares its weight with the input embeddings in this model "
+                          "(tie_word_embeddings); an adapter there cannot be merged into one weight. Leave it out")
     with torch.random.fork_rng(devices=[]):  # the adapters' init does not shift the run's RNG stream
         torch.manual_seed(init_seed)
         return peft.inject_adapter_in_model(peft_config(cfg), hf, adapter_name=ADAPTER)
 
 
-def peft_config(cfg: LoraConfig, base_model: str | None = None):
+def peft_config(cfg: LoraConfig, base_model: str | None = None, revision: str | None = None):
     return _peft().LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
-                              base_model_name_or_path=base_model)
+                              base_model_name_or_path=base_model, revision=revision)
 
 
 def scaling(cfg: LoraConfig) -> float:
@@ -94,7 +97,7 @@ def adapter_key(name: str) -> str:
 
 
 def save_adapter(named: Iterable[tuple[str, torch.Tensor]], cfg: LoraConfig, base_model: str, dest: Path,
-                 is_writer: bool) -> None:
+                 is_writer: bool, revision: str | None = None) -> None:
     """Write `dest` as peft does (adapter_config.json + adapter_model.safetensors); every rank iterates."""
     from safetensors.torch import save_file
 
@@ -103,7 +106,7 @@ def save_adapter(named: Iterable[tuple[str, torch.Tensor]], cfg: LoraConfig, bas
         return
     dest.mkdir(parents=True, exist_ok=True)
     save_file(state, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
-    peft_config(cfg, base_model).save_pretrained(str(dest))
+    peft_config(cfg, base_model, revision).save_pretrained(str(dest))
 
 
 def trainable_params(model: nn.Module) -> int:
