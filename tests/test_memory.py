@@ -277,3 +277,9 @@ def test_the_memory_saver_counts_the_larger_phase_not_the_sum(qwen):
     resting = saver.state * (1 + memory.FRAGMENTATION) + memory.CONTEXT
     assert saver.total == pytest.approx(max(saver.trainer, saver.server + resting))
     assert saver.total < plain.total
+
+
+def test_a_kl_term_budgets_its_reference_model(qwen):
+    plain = memory.estimate(qwen, cfg_of(), H100, shared=True)
+    kl = memory.estimate(qwen, cfg_of("algorithm.kl_coef=0.01"), H100, shared=True)
+    assert kl.state - plain.state == 2 * plain.params  # a bf16 copy of the initial weights

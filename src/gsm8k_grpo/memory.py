@@ -3,6 +3,7 @@
 Estimates in bytes; h hidden size, L layers, I intermediate size, V vocab, b = 2 (bf16) or 4 (fp32):
     trainer  = 16 · params / trainer GPUs                 fp32 weights + grads + Adam m, v (FSDP shards them)
                (LoRA: 4 · params + 16 · adapter params)   the frozen fp32 weights have no grads or Adam state
+             + b · params with algorithm.kl_coef > 0       the reference model
              + 1.13 · T · L · (10h + 4I) · b              activations of one micro-batch of T tokens
                (1.13 · T · (L·h + 10h + 4I) · b           with gradient checkpointing: layer inputs only)
              + C · V · (b + 8)                            one log-prob chunk of C tokens (logits, fp32 grad)
@@ -145,6 +146,8 @@ def estimate(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int =
     else:
         server = cfg.rollout.mem_fraction * card_bytes + SERVER_OVERHEAD if shared else 0.0
     trained = lora_params(mc, lora) if lora is not None and lora.rank else params
+    if cfg.algorithm.kl_coef > 0:  # the reference model: a frozen copy of the initial weights, in the compute dtype
+        state += b * params
     allocated = state + max(act, 4 * trained / max(1, trainer_gpus))
     return Estimate(params, state, act, allocated * (1 + FRAGMENTATION) + CONTEXT, server, allocated,
                     saver=bool(cfg.rollout.enable_memory_saver and shared))

@@ -35,7 +35,8 @@ LATEST = "latest"
 # logs, and when it stops or saves.
 RESUMABLE_CHANGES = ("output_dir", "experiment_name", "trial_name", "logging.", "trainer.max_steps",
                      "trainer.time_limit_minutes", "checkpoint.keep_last", "rollout.server_timeout_s", "eval.every",
-                     "eval.at_end")
+                     "eval.at_end", "trainer.gpu_memory_limit", "trainer.gpu_memory_fraction")  # the last two: caps,
+# like a different card's, which re-plans memory on resume too
 
 
 class ResumeError(InputError):
