@@ -188,9 +188,9 @@ def test_memory_split_on_a_simulated_gpu(tmp_path):
     ctx.placement = __import__("gsm8k_grpo.placement", fromlist=["plan"]).plan(1, 1, "sglang", "auto")
     ok = run.check_memory(ctx)
     assert ok.status == "ok" and "SGLang" in ok.detail and "GPU 0" in ok.detail
-    cfg.rollout.mem_fraction = 0.9
-    tight = run.check_memory(ctx)
-    assert tight.status == "warn" and "mem_fraction" in tight.fix
+    cfg.rollout.mem_fraction = 0.9  # pinned: SGLang alone would take 74 GiB of 80; grpo train refuses it
+    over = run.check_memory(ctx)
+    assert over.status == "fail" and "does not fit" in over.detail and "a lower rollout.mem_fraction" in over.fix
 
 
 def test_transport_asks_placement_plan(smoke, tmp_path, monkeypatch):

@@ -234,6 +234,8 @@ def verdict(est: Estimate, card_bytes: float, extra: float = 0.0) -> str:
 def refusal(est: Estimate, card_bytes: float, cfg, what: str = "this GPU") -> str:
     """The one line of a run that does not fit: the estimate, and what would make it fit."""
     fixes = []
+    if est.server > 0.5 * card_bytes:  # a pool set (pinned) far above what one step's rollout needs
+        fixes.append(f"a lower rollout.mem_fraction (now {cfg.rollout.mem_fraction}: SGLang ≈ {est.server / GIB:.1f} GiB)")
     lora = getattr(cfg, "lora", None)
     if lora is not None and not lora.rank:
         fixes.append("lora.rank=16 lora.alpha=32 optimizer.lr=2e-5 (LoRA adapters at a 10x learning rate; the "
