@@ -283,3 +283,12 @@ def test_a_kl_term_budgets_its_reference_model(qwen):
     plain = memory.estimate(qwen, cfg_of(), H100, shared=True)
     kl = memory.estimate(qwen, cfg_of("algorithm.kl_coef=0.01"), H100, shared=True)
     assert kl.state - plain.state == 2 * plain.params  # a bf16 copy of the initial weights
+
+
+def test_a_bad_gpu_memory_limit_is_one_line_through_the_cli():
+    from conftest import grpo
+
+    res = grpo("train", "--preset", "smoke", "--dry-run", "--set", "trainer.gpu_memory_limit=lots", timeout=120)
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "gpu_memory_limit" in lines[0], res.stderr
+    assert "is not a memory size" in lines[0] and "Traceback" not in res.stderr + res.stdout

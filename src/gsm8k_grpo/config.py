@@ -77,15 +77,15 @@ class RolloutConfig(_Strict):
     gpus: int = Field(1, ge=0, description="GPUs given to SGLang when several are visible")
     parallel: Literal["dp", "tp"] = Field("dp", description="with rollout.gpus > 1: dp = one SGLang server per GPU "
                                           "(throughput for small models); tp = one server tensor-parallel over them")
+    overlap: bool = Field(False, description="generate the next step's rollouts while this step updates (one step "
+                          "off-policy, corrected by algorithm.offpolicy_weight_cap); default on-policy")
+
     @field_validator("server_args", mode="before")
     @classmethod
     def _args_as_text(cls, value):  # --set rollout.server_args=[--cuda-graph-max-bs, 16]: YAML reads 16 as a number
         if isinstance(value, list):
             return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
         return value
-
-    overlap: bool = Field(False, description="generate the next step's rollouts while this step updates (one step "
-                          "off-policy, corrected by algorithm.offpolicy_weight_cap); default on-policy")
 
 
 class AlgorithmConfig(_Strict):

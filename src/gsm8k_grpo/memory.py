@@ -51,7 +51,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gsm8k_grpo.config import prompts_per_step
 
 GIB = 1024**3
 ACT_CALIBRATION = 1.13
@@ -261,8 +260,7 @@ def _has_flag(args: list[str], *flags: str) -> bool:
 
 def step_sequences(cfg) -> int:
     """Sequences one step generates: prompts (with algorithm.oversample) x group size."""
-    prompts = prompts_per_step(cfg.trainer.batch_size, getattr(cfg.algorithm, "oversample", 1.0))
-    return prompts * cfg.rollout.n
+    return cfg.prompts_per_step * cfg.rollout.n
 
 
 @dataclass(frozen=True)

@@ -107,8 +107,3 @@ def save_adapter(named: Iterable[tuple[str, torch.Tensor]], cfg: LoraConfig, bas
     dest.mkdir(parents=True, exist_ok=True)
     save_file(state, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
     peft_config(cfg, base_model, revision).save_pretrained(str(dest))
-
-
-def trainable_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

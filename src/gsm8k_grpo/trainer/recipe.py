@@ -263,10 +263,10 @@ class Recipe:
             log.warning("memory: %s: tight for %s (the estimate is approximate); if it runs out, lower "
                         "trainer.micro_batch_tokens or set trainer.grad_checkpointing=true", memory.describe(est, plan),
                         what)
-        if shared and memory.graph_args(cfg, plan):
-            r = cfg.rollout
-            cfg = cfg.model_copy(update={"rollout": r.model_copy(update={
-                "server_args": list(r.server_args) + memory.graph_args(cfg, plan)})})
+        graphs = memory.graph_args(cfg, plan) if shared else []
+        if graphs:
+            cfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={
+                "server_args": list(cfg.rollout.server_args) + graphs})})
         if limit:
             cfg, caps = memory.cap(mc, cfg, card, plan, est, shared)
             torch.cuda.set_per_process_memory_fraction(caps.trainer_fraction, self.device)
