@@ -20,7 +20,7 @@ source bench/device/env.sh || exit 1
 STEPS=${STEPS:-10}
 BUDGET=${BUDGET:-540}
 MIN_LEFT=${MIN_LEFT:-150}
-ROOT=/tmp/variants
+ROOT=${ROOT:-/tmp/variants_${SHAPE:-L}}   # one folder per shape: S and L runs in one machine hold do not meet
 case ${SHAPE:-L} in
   L) SHAPE_SET=() ;;
   S) SHAPE_SET=(--set rollout.n=2 --set rollout.max_new_tokens=256) ;;

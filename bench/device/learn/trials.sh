@@ -10,6 +10,8 @@
 #   bash bench/device/learn/trials.sh baseline       the base model on the whole test split (returns when done)
 #   bash bench/device/learn/trials.sh hub            bench/device/hub_id.sh (issue 17), detached
 #   bash bench/device/learn/trials.sh cards          the consumer-card chain (bench/device/cards.py), detached
+#   bash bench/device/learn/trials.sh watch          bench/device/gpuwatch.py, detached: each trial's NVML peak
+#                                                    (trainer + server) against its gpu_memory_limit
 #   bash bench/device/learn/trials.sh until SECONDS PATTERN FILE   until FILE holds PATTERN
 #   bash bench/device/learn/trials.sh wait SECONDS   until every chain is done or SECONDS pass; prints
 #                                                    progress; packs every result into $OUT/trials.tgz
@@ -101,7 +103,9 @@ OUT=$D TRAIN_TIMEOUT=900 EXTRA_SET='$SHARE_SET' bash bench/device/hub_id.sh > $D
 echo \"hub rc=\$?\" > $D/done"
   ;;
 cards)  # issue 22: 1hour shapes capped to consumer cards, 10 steps each, one after the other
-  # (for the 630M Coder model the session-9 plan refuses full fine-tuning below 24 GiB and LoRA below 12)
+  # The 24 GiB full fine-tuning plan and the 12 GiB LoRA plan are the learning trials' own (SHARE_SET; LoRA's
+  # l1 with trainer.gpu_memory_limit=12GiB), measured over whole runs by `watch`. Here the others: the
+  # smallest card each plan accepts (LoRA 10 GiB, full 20 GiB for the 630M Coder model) and the two refusals.
   need_model || exit 1
   D=$T/cards
   mkdir -p "$D"
@@ -109,11 +113,17 @@ cards)  # issue 22: 1hour shapes capped to consumer cards, 10 steps each, one af
   LORA="lora.rank=16 lora.alpha=32 optimizer.lr=2e-5"
   detach cards "cd $PWD
 source bench/device/env.sh
-$C full24 24GiB checkpoint.keep_last=1
-$C lora12 12GiB $LORA checkpoint.keep_last=1
-$C full16 16GiB
+$C lora10 10GiB $LORA checkpoint.keep_last=1
 $C lora8 8GiB $LORA
+$C full16 16GiB
+$C full20 20GiB checkpoint.keep_last=1
 echo cards > $D/done"
+  ;;
+watch)
+  [ -f "$T/gpuwatch.pid" ] && kill -0 "$(cat "$T/gpuwatch.pid")" 2>/dev/null && { echo "[trials] watch already runs"; exit 0; }
+  setsid $PY bench/device/gpuwatch.py --trials "$T" > "$T/gpuwatch.log" 2>&1 < /dev/null &
+  echo $! > "$T/gpuwatch.pid"
+  echo "[trials] gpuwatch started (pid $!)"
   ;;
 until)  # until SECONDS PATTERN FILE: return once FILE holds PATTERN (e.g. the hub run's training is done)
   deadline=$((SECONDS + ${2:?SECONDS}))
@@ -139,11 +149,12 @@ wait)
     grep -hE "Error|Traceback|non-finite" "$d/train.out" "$d/chain.log" 2>/dev/null | tail -n 3 | sed 's/^/   ! /'
   done
   # everything small enough, in one file (the device returns at most 8)
-  (cd "$T" && for d in */; do
+  [ -f "$T/gpuwatch.json" ] && head -c 3000 "$T/gpuwatch.json" | tr -s ' \n' ' ' && echo
+  (cd "$T" && ls gpuwatch.json gpuwatch.log 2>/dev/null; for d in */; do
      ls "$d"runs/*/*/metrics.jsonl "$d"runs/*/*/train.log "$d"runs/*/*/config.yaml 2>/dev/null
      ls "$d"*.json "$d"*.jsonl "$d"*.log "$d"*.out "$d"*.txt "$d"*.rc "$d"done "$d"*/*/*/metrics.jsonl 2>/dev/null
    done | tar -czf "$OUT/trials.tgz" -T - 2>/dev/null)
   ls -la "$OUT/trials.tgz"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   ;;
-*) echo "usage: trials.sh start NAME PRESET SEED [KEY=VALUE ...] | baseline | hub | cards | until SECONDS PATTERN FILE | wait SECONDS" >&2; exit 2 ;;
+*) echo "usage: trials.sh start NAME PRESET SEED [KEY=VALUE ...] | baseline | hub | cards | watch | until SECONDS PATTERN FILE | wait SECONDS" >&2; exit 2 ;;
 esac
