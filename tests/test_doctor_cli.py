@@ -126,12 +126,12 @@ def test_table_has_verdict_line(run):
 
 def test_gpu_memory_plans_for_a_named_card(run):
     """--gpu-memory plans 1hour for one card of that size, here on a host without a GPU: 24 GiB fits
-    with the settings grpo train would change, 16 GiB is tight (a warning), 8 GiB fails with what to
+    with the settings grpo train would change, 17.5 GiB is tight (a warning), 8 GiB fails with what to
     change; a bad size is exit 2."""
     ok = _by_name(_report(run("--preset", "1hour", "--json", "--quick", "--gpu-memory", "24GiB")))["memory"]
     assert ok["status"] == "ok", ok
-    assert "one 24.0 GiB card" in ok["detail"] and "trainer.micro_batch_tokens 16384 -> 4096" in ok["detail"]
-    tight = _by_name(_report(run("--preset", "1hour", "--json", "--quick", "--gpu-memory", "16GiB")))["memory"]
+    assert "one 24.0 GiB card" in ok["detail"] and "trainer.micro_batch_tokens 16384 -> 2048" in ok["detail"]
+    tight = _by_name(_report(run("--preset", "1hour", "--json", "--quick", "--gpu-memory", "17.5GiB")))["memory"]
     assert tight["status"] == "warn" and "tight" in tight["detail"], tight
     p = run("--preset", "1hour", "--json", "--quick", "--gpu-memory", "8GiB")
     small = _by_name(_report(p))["memory"]

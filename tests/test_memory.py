@@ -33,8 +33,21 @@ def test_estimate_matches_the_h100_measurement(qwen):
     est = memory.estimate(qwen, cfg_of(), H100, shared=True)
     assert abs(est.allocated / GIB - 32.5) / 32.5 < 0.05
     assert est.trainer == pytest.approx(est.allocated * (1 + memory.FRAGMENTATION) + memory.CONTEXT)
-    # SGLang at mem_fraction 0.4 left 45.5 of the card's 79.6 GiB: it took about 34 GiB
-    assert abs(est.server / GIB - 33.9) < 1.5
+    # SGLang at mem_fraction 0.4 left 45.5 of the card's 79.6 GiB after a short run: it took about 33.7 GiB;
+    # over whole runs its memory beyond the pool grows by 1-1.5 GiB more (the H200 test below)
+    assert 33.7 <= est.server / GIB <= 33.7 + 2.0
+
+
+def test_the_server_estimate_matches_whole_runs_on_the_h200(qwen):
+    """bench/results/2026-12-03-h200-session10.md: SGLang's processes by NVML over whole 1hour runs under
+    trainer.gpu_memory_limit (Qwen2.5-Coder-0.5B): 5.20-5.23 GiB with a pool of 86,177 tokens (four full
+    fine-tuning runs at 24 GiB), 5.65 GiB with 75,691 tokens (LoRA at 12 GiB). The 2 GiB overhead of
+    before put them at 4.2 GiB, and the trainer capped at the rest let the total pass the limit by 1 GiB."""
+    coder = dict(qwen, tie_word_embeddings=False)
+    for tokens, measured in ((86177, 5.23), (75691, 5.65)):
+        cfg = cfg_of(f"rollout.server_args=[--max-total-tokens, {tokens}]")
+        est = memory.estimate(coder, cfg, H200, shared=True)
+        assert abs(est.server / GIB - measured) < 0.5, (tokens, est.server / GIB)
 
 
 def test_estimate_matches_the_h200_measurements(qwen):
@@ -83,7 +96,7 @@ def test_pinned_settings_are_left_alone(qwen):
     cfg = cfg_of("rollout.mem_fraction=0.3", "trainer.micro_batch_tokens=8192")
     fitted, changes, _ = memory.fit(qwen, cfg, CARD24, shared=True)
     assert fitted.rollout.mem_fraction == 0.3 and fitted.trainer.micro_batch_tokens == 8192
-    assert changes == ["trainer.grad_checkpointing false -> true"]
+    assert changes == ["trainer.grad_checkpointing false -> true", "trainer.logprob_chunk 1024 -> 512"]
 
 
 def test_separate_gpus_leave_the_server_alone(qwen):
@@ -131,15 +144,17 @@ def test_parse_size_refuses(text):
 
 def test_card_plan_for_named_cards(qwen):
     """1hour on the 0.5B model: an H100 needs nothing changed; 24 GiB fits after fit()'s steps (each
-    setting named once, from its value to where it stopped); 16 GiB is tight (within the card, above
-    95 % of it: a warning); 8 GiB does not fit at all."""
+    setting named once, from its value to where it stopped); 17.5 GiB is tight (within the card, above
+    95 % of it: a warning); 16 GiB no longer fits since SGLang's overhead was measured over whole runs
+    (3.5 GiB, session 10); 8 GiB does not fit at all."""
     cfg = cfg_of()
     fits, changes, _, _ = memory.card_plan(qwen, cfg, H100, "sglang")
     assert fits == "fits" and changes == []
     fits, changes, est, _ = memory.card_plan(qwen, cfg, 24 * GIB, "sglang")
     assert fits == "fits" and est.total <= memory.FIT_SHARE * 24 * GIB
-    fits, changes, est, _ = memory.card_plan(qwen, cfg, 16 * GIB, "sglang")
-    assert fits == "tight" and est.total <= 16 * GIB
+    fits, changes, est, _ = memory.card_plan(qwen, cfg, 17.5 * GIB, "sglang")
+    assert fits == "tight" and est.total <= 17.5 * GIB
+    assert memory.card_plan(qwen, cfg, 16 * GIB, "sglang")[0] == "no"
     assert "trainer.micro_batch_tokens 16384 -> 2048" in changes
     assert len([c for c in changes if c.startswith("trainer.micro_batch_tokens")]) == 1
     fits, changes, est, _ = memory.card_plan(qwen, cfg, 8 * GIB, "sglang")
@@ -188,6 +203,15 @@ def test_a_run_that_cannot_fit_is_refused_with_what_to_change(qwen):
     assert "\n" not in line and "does not fit trainer.gpu_memory_limit=8GiB" in line
     assert "trainer.grad_checkpointing=true" not in line  # fit() already turned it on
     assert fitted.trainer.grad_checkpointing
+    # LoRA on 8 GiB: fit() already lowered the pool to what a step needs, so no lower mem_fraction is
+    # offered (it was, in session 10's refusal); a pinned pool far above the need is named
+    lora = cfg_of("lora.rank=16")
+    fitted, _, est = memory.fit(qwen, lora, 8 * GIB, shared=True)
+    assert memory.verdict(est, 8 * GIB) == "no" and est.server > 4 * GIB
+    assert "rollout.mem_fraction" not in memory.refusal(est, 8 * GIB, fitted, mc=qwen)
+    pinned = cfg_of("lora.rank=16", "rollout.mem_fraction=0.6")
+    fitted, _, est = memory.fit(qwen, pinned, 8 * GIB, shared=True)
+    assert "a lower rollout.mem_fraction (now 0.6" in memory.refusal(est, 8 * GIB, fitted, mc=qwen)
     tight = memory.Estimate(1, 0, 0, 0.97 * GIB, 0)
     assert memory.verdict(tight, GIB) == "tight" and memory.verdict(tight, 2 * GIB) == "fits"
 
@@ -218,7 +242,7 @@ def test_an_absolute_server_pool_is_estimated_as_such(qwen):
     cfg = cfg_of(f"rollout.server_args={args}", "rollout.mem_fraction=0.9")
     est = memory.estimate(qwen, cfg, H100, shared=True)
     expect = 2 * est.params + 76000 * memory.kv_bytes_per_token(qwen) + memory.SERVER_OVERHEAD
-    assert est.server == pytest.approx(expect) and est.server < 4 * GIB
+    assert est.server == pytest.approx(expect) and est.server < 6 * GIB
     assert memory.max_total_tokens(["--max-total-tokens=5", "--x"]) == 5
     assert memory.max_total_tokens(["--max-total-tokens"]) is None
 

@@ -10,18 +10,22 @@ Estimates in bytes; h hidden size, L layers, I intermediate size, V vocab, b = 2
                (or, when larger, 4 · trained params        AdamW's foreach step: a full-size temporary)
              = allocated, then · 1.15 + 1.2 GiB          the caching allocator's slack, the CUDA context and
                                                           workspaces: the trainer process as nvidia-smi sees it
-    server   = mem_fraction · card + 2 GiB                SGLang's static pool (weights + KV cache),
+    server   = mem_fraction · card + 3.5 GiB              SGLang's static pool (weights + KV cache),
                                                           plus its context, CUDA graphs and workspace
     rollout  = 2 · params + KV bytes/token · B·G·(256 + max_new_tokens) · 1.5   what the pool must hold
                (B = prompts per step: ceil(batch_size · algorithm.oversample))
-The factor 1.13 and the 2 GiB are calibrated on an H100 with the `1hour` shapes (2026-11-27,
+The factor 1.13 and (first) a 2 GiB server overhead were calibrated on an H100 with the `1hour` shapes (2026-11-27,
 bench/results/2026-11-27-h100.md): measured trainer peak 32.5 GiB, SGLang at mem_fraction 0.4 took
 33.7 GiB of the card. On the H200 (2026-12-03, bench/results/2026-12-03-h200-cards.md, Qwen2.5-Coder-
 0.5B, 630M parameters with its own lm_head) `allocated` matched torch's peak within 2 % at micro-batches
 of 4,096 and 2,048 tokens (17.2 vs 17.0, 14.3 vs 14.4 GiB), but the trainer process took 20.7 GiB by
 NVML at 17.0 allocated: the 1.15 and 1.2 GiB above. With gradient checkpointing and small micro-batches
 the optimizer step is the peak (state + 4 bytes a parameter): the 16 GiB plan that left it out ran out
-of memory there.
+of memory there. SGLang beyond its static pool (weights + KV cache) was 2 GiB in 10-step runs but grew
+over whole 1hour runs (its caching allocator keeps its largest transients): 3.1 GiB in four full
+fine-tuning runs and 3.6 GiB in a LoRA run at the 12 GiB plan, by NVML (2026-12-03 session 10,
+bench/results/2026-12-03-h200-session10.md); hence 3.5 GiB, which a trainer capped at the rest of a limit
+(cap() below) cannot absorb.
 
 fit(): on a GPU shared by trainer and server, while the estimate is above 95 % of the card, take the
 first of these steps whose setting is still at its default (a value changed by a preset, --config or
@@ -43,7 +47,7 @@ the plan is made for the limit, not the card, and cap() turns it into absolute c
     trainer  torch.cuda.set_per_process_memory_fraction((limit - server - context) / card)
 On a card (or limit) under 35 GiB SGLang captures decode CUDA graphs only up to batch 8 (< 20 GiB)
 or 24 (< 35 GiB) by default; a step decodes batch_size x n sequences at once, so graph_args() asks
-for graphs up to that batch (a few hundred MiB for a 0.5B model, inside the 2 GiB above).
+for graphs up to that batch (a few hundred MiB for a 0.5B model, inside the 3.5 GiB above).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from dataclasses import dataclass
 
 GIB = 1024**3
 ACT_CALIBRATION = 1.13
-SERVER_OVERHEAD = 2 * GIB
+SERVER_OVERHEAD = int(3.5 * GIB)   # SGLang beyond weights + KV pool over a whole run (docstring)
 CONTEXT = int(1.2 * GIB)     # the trainer process beyond torch's allocator: CUDA context, cuBLAS workspaces
 FRAGMENTATION = 0.15         # the caching allocator holds this much above its peak allocation
 PROMPT_TOKENS = 256        # GSM8K prompts with the chat template stay below this
@@ -230,10 +234,13 @@ def verdict(est: Estimate, card_bytes: float, extra: float = 0.0) -> str:
     return "fits" if need <= FIT_SHARE * card_bytes else "tight" if need <= card_bytes else "no"
 
 
-def refusal(est: Estimate, card_bytes: float, cfg, what: str = "this GPU") -> str:
-    """The one line of a run that does not fit: the estimate, and what would make it fit."""
+def refusal(est: Estimate, card_bytes: float, cfg, what: str = "this GPU", mc: dict | None = None) -> str:
+    """The one line of a run that does not fit: the estimate, and what would make it fit. With the
+    model's config `mc`, a lower rollout.mem_fraction is named only while it is above what one step's
+    rollout needs (fit() lowers an unpinned one to exactly that)."""
     fixes = []
-    if est.server > 0.5 * card_bytes:  # a pool set (pinned) far above what one step's rollout needs
+    above_need = mc is None or cfg.rollout.mem_fraction > rollout_fraction(mc, cfg, card_bytes)
+    if est.server > 0.5 * card_bytes and above_need:  # a pool set (pinned) far above what a step needs
         fixes.append(f"a lower rollout.mem_fraction (now {cfg.rollout.mem_fraction}: SGLang ≈ {est.server / GIB:.1f} GiB)")
     lora = getattr(cfg, "lora", None)
     if lora is not None and not lora.rank:

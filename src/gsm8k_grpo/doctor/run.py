@@ -169,7 +169,7 @@ def _card_check(ctx: Context, mc: dict, pre: str) -> Check:
     engine = c.rollout.engine if c.rollout.engine != "auto" else "sglang"  # auto picks SGLang on a GPU
     verdict, changes, est, fitted = memory.card_plan(mc, c, ctx.card_bytes, engine)
     detail = (f"{pre}, planned for one {gib(ctx.card_bytes)} card ({engine} engine, an estimate calibrated "
-              f"on an H100): {memory.describe(est, ctx.card_bytes)}")
+              f"on H100 and H200 runs): {memory.describe(est, ctx.card_bytes)}")
     if changes:
         detail += "; grpo train will set " + ", ".join(changes)
     if verdict == "fits":
@@ -177,7 +177,7 @@ def _card_check(ctx: Context, mc: dict, pre: str) -> Check:
     if verdict == "tight":
         return Check("memory", "warn", detail + f": tight (within the card, above {memory.FIT_SHARE:.0%} of it)",
                      "watch the first steps' peak_mem_gb; lower trainer.micro_batch_tokens if it runs out")
-    fix = memory.refusal(est, ctx.card_bytes, fitted).split("; set ", 1)[1]
+    fix = memory.refusal(est, ctx.card_bytes, fitted, mc=mc).split("; set ", 1)[1]
     return Check("memory", "fail", detail + ": does not fit (grpo train refuses it)", "set " + fix)
 
 
@@ -233,7 +233,7 @@ def check_memory(ctx: Context) -> Check:
                          "free that GPU or lower rollout.mem_fraction")
     if memory.verdict(est, card) == "no":  # grpo train refuses it before loading anything
         return Check("memory", "fail", detail + ": does not fit (grpo train refuses it)",
-                     "set " + memory.refusal(est, card, fitted).split("; set ", 1)[1])
+                     "set " + memory.refusal(est, card, fitted, mc=mc).split("; set ", 1)[1])
     if est.total + hf_engine > 0.95 * budget:
         return Check("memory", "warn", detail + ": likely OOM",
                      "lower rollout.mem_fraction / trainer.micro_batch_tokens, set trainer.grad_checkpointing=true, "

@@ -258,7 +258,7 @@ class Recipe:
             log.info("memory plan for %s: %s", what, "; ".join(changes))
         verdict = memory.verdict(est, plan)
         if verdict == "no":
-            raise ConfigError(memory.refusal(est, plan, cfg, what))
+            raise ConfigError(memory.refusal(est, plan, cfg, what, mc))
         if verdict == "tight":
             log.warning("memory: %s: tight for %s (the estimate is approximate); if it runs out, lower "
                         "trainer.micro_batch_tokens or set trainer.grad_checkpointing=true", memory.describe(est, plan),
