@@ -162,3 +162,20 @@ def test_preset_step_counts_match_the_readme():
         assert steps_per_epoch(n, cfg.trainer.batch_size) * cfg.trainer.epochs == steps, name
         row = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith(f"| `{name}` |"))
         assert row.split("|")[4].strip().replace(",", "") == str(steps), row
+
+
+def test_overlap_unset_is_on_with_sglang_only():
+    """rollout.overlap unset (the default) is settled by the engine that runs: on with SGLang, off with the
+    in-process HF engine and with the memory saver; a value the user gave is kept either way."""
+    from gsm8k_grpo.config import build_config
+
+    default = build_config(preset="1hour")
+    assert default.rollout.overlap is None
+    assert default.with_engine("sglang").rollout.overlap is True
+    assert default.with_engine("hf").rollout.overlap is False
+    saver = build_config(preset="1hour", overrides=["rollout.enable_memory_saver=true"])
+    assert saver.with_engine("sglang").rollout.overlap is False
+    off = build_config(preset="1hour", overrides=["rollout.overlap=false"])
+    assert off.with_engine("sglang").rollout.overlap is False
+    on = build_config(preset="1hour", overrides=["rollout.overlap=true"])
+    assert on.with_engine("hf").rollout.overlap is True

@@ -246,8 +246,10 @@ def test_resume_with_force_accepts_changed_config(tmp_path):
 def test_recipe_with_sglang_engine_over_http(tmp_path, mode):
     """The whole loop with rollout.engine=sglang: a server child process, real HTTP, weight pushes
     by disk with version checks. The server is tests/fake_sglang.py (real SGLang needs a GPU): its
-    tokens are fake, so this proves the plumbing, not learning. "overlap": each /generate takes
-    0.5 s and the next batch is generated during the update; no push may reach the server then."""
+    tokens are fake, so this proves the plumbing, not learning. "overlap": rollout.overlap left unset,
+    as users run it, which SGLang turns on: each /generate takes 0.5 s and the next batch is generated
+    during the update; no push may reach the server then. "saver": also unset, and the memory saver
+    turns it off. "plain": rollout.overlap=false, on-policy."""
     saver, overlap = mode == "saver", mode == "overlap"
     server = json.dumps([sys.executable, str(ROOT / "tests" / "fake_sglang.py")]
                         + (["--generate-delay", "0.5"] if overlap else []))
@@ -255,7 +257,7 @@ def test_recipe_with_sglang_engine_over_http(tmp_path, mode):
                "--set", "weights.transport=disk", "--set", "rollout.max_new_tokens=4", "--set", "trainer.max_steps=3",
                "--set", "rollout.server_timeout_s=60", "--set", "eval.at_end=false",
                "--set", f"rollout.enable_memory_saver={str(saver).lower()}",
-               "--set", f"rollout.overlap={str(overlap).lower()}", cwd=tmp_path, timeout=180,
+               *(["--set", "rollout.overlap=false"] if mode == "plain" else []), cwd=tmp_path, timeout=180,
                env={LAUNCHER_ENV: server})
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "smoke" / "trial0"
@@ -263,7 +265,9 @@ def test_recipe_with_sglang_engine_over_http(tmp_path, mode):
     assert [r["step"] for r in recs] == [1, 2, 3]
     for r in recs:
         assert r["samples_trained"] == 16 and r["time_push"] > 0
-    assert re.search(r"engine sglang \(healthy after \d+ s\), transport disk", (run / "train.log").read_text())
+    log = (run / "train.log").read_text()
+    assert re.search(r"engine sglang \(healthy after \d+ s\), transport disk", log)
+    assert ("one step off-policy" in log) == overlap
     server_log = (run / "sglang_server.log").read_text()
     assert "fake sglang: listening" in server_log  # the child's log is kept
     # memory saver: SGLang's memory is released for every update and resumed before the push

@@ -8,7 +8,7 @@ Per completion token t of sample i, with ratio rho = exp(logp_new - logp_old):
         + kl_coef * k3(logp_new, logp_ref),  k3 = exp(ref - new) - (ref - new) - 1
 When logp_old is the same forward's log-probs (one epoch, one mini-batch: what the presets run),
 rho = 1, the clip is inactive and d l_t = -A_i * d logp_new: REINFORCE with these advantages.
-Off-policy samples (rollout.overlap: drawn by the policy one update older, pi_b), decoupled PPO
+Off-policy samples (rollout.overlap, on by default with SGLang: drawn by the policy one update older, pi_b), decoupled PPO
 (Hilton et al. 2021, as in AReaL): the ratio rho is taken against the trainer's own log-probs
 before the update (the proximal policy), and l_t is multiplied by the truncated, gradient-free
 behaviour weight  min(pi_prox / pi_b, cap)  (see behaviour_weights).

@@ -115,6 +115,7 @@ class Recipe:
             test = gsm8k.load_split("test", cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
             self.eval_set = test[: cfg.eval.samples]
         self.engine_kind = choose_engine(cfg.rollout.engine)
+        self.cfg = cfg = cfg.with_engine(self.engine_kind)  # rollout.overlap settled (unset: on with SGLang)
         model_config = self._model_config() if self.rank == 0 else None
         model_config = broadcast_object(model_config, self.world)
         self._check_cpu_size(model_config)

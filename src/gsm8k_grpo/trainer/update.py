@@ -1,17 +1,18 @@
 """The policy update: a per-token clipped policy-gradient loss over mini-batches of whole groups.
 
-What runs with the shipped settings (one PPO epoch, one mini-batch per step, rollout.overlap off):
-the batch was sampled from the trainer's current weights and the old log-probs are the training
-forward's own, detached. So ratio = exp(logp - old_logp) = 1 exactly, the clip never engages
-(clip_frac 0), and the gradient is REINFORCE with group-normalised advantages, averaged over all
-completion tokens of the batch (DAPO's token-level mean):
+What runs with the shipped settings (one PPO epoch, one mini-batch per step): the old log-probs are
+the training forward's own, detached. So ratio = exp(logp - old_logp) = 1 exactly, the clip never
+engages (clip_frac 0), and the gradient is REINFORCE with group-normalised advantages, averaged over
+all completion tokens of the batch (DAPO's token-level mean):
     grad = -(1 / N_tokens) * sum_i A_i * sum_t grad log pi(y_it)
+With the SGLang engine (what a GPU runs) rollout.overlap is on by default (RunConfig.with_engine): every
+batch after the first was generated during the previous update, one update old, and each token's
+loss above is also weighted by min(pi_trainer / pi_rollout, algorithm.offpolicy_weight_cap) (decoupled
+PPO, trainer/loss.py). With the in-process HF engine (the CPU path) or rollout.overlap=false the batch
+comes from the trainer's current weights and there is no such weight.
 The clip engages only when the weights move between taking old_logp and the loss: from the second
 mini-batch of a step (trainer.mini_batch_size < trainer.batch_size) or in a second epoch
-(algorithm.ppo_epochs > 1). With rollout.overlap a batch is one update old: each token's loss is
-also weighted by min(pi_trainer / pi_rollout, algorithm.offpolicy_weight_cap) (decoupled PPO,
-trainer/loss.py); the ratio against the trainer's own pre-update log-probs is still 1 in the first
-mini-batch.
+(algorithm.ppo_epochs > 1).
 
 update(samples):
   1. old_logp: while the weights cannot change before the loss (one epoch, one mini-batch), the
