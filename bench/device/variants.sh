@@ -6,7 +6,8 @@
 #   SHAPE=S VARIANTS="base overlap" STEPS=9 bash bench/device/variants.sh   # at S = 8 prompts x 2 x 256
 #
 # Variants (name: the extra settings):
-#   base     none (the ipc row)
+#   base     none (the ipc row; since 2026-12-03 that includes rollout.overlap, on by default with SGLang)
+#   onpolicy rollout.overlap=false (what base was before 2026-12-03)
 #   fit24    the 24 GB plan of memory.fit: rollout.mem_fraction=0.08, trainer.micro_batch_tokens=4096,
 #            with the trainer capped at trainer.gpu_memory_fraction=0.25 (of 80 GB: must not OOM)
 #   saver    rollout.enable_memory_saver=true (SGLang releases its memory during the update)
@@ -29,6 +30,7 @@ esac
 mkdir -p "$ROOT/runs" "$ROOT/files"
 declare -A SETS=(
   [base]=""
+  [onpolicy]="rollout.overlap=false"
   [fit24]="rollout.mem_fraction=0.08 trainer.micro_batch_tokens=4096 trainer.gpu_memory_fraction=0.25"
   [saver]="rollout.enable_memory_saver=true"
   [overlap]="rollout.overlap=true"
