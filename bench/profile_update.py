@@ -14,7 +14,9 @@ Variants: base (the defaults: foreach AdamW, the ChunkLogprob head), fused (torc
 swapped in here, the bench's seam: not a setting), micro32k (micro_batch_tokens 32768: fewer,
 larger micro-batches), compile (trainer.compile=true: each decoder layer's forward through
 torch.compile; its first steps include compile time, and a new micro-batch shape can recompile,
-so compare min and median). Then torch.profiler tables of the top ops at L for base, by
+so compare min and median), nofsdp (the bench's seam, not a setting: no FSDP2 wrapping, the fp32 model
+under torch.autocast(bf16), as TRL runs its policy; on one GPU FSDP2's per-layer hooks are pure
+overhead, and session 10 measured our S update at 3.2x TRL's). Then torch.profiler tables of the top ops at L for base, by
 device time and by self CPU time (DIR/profile_L.txt). Writes DIR/profile_update.json.
 On a CPU (for testing the script) pass --tiny: the smoke preset's 2-layer model, small shapes.
 """
@@ -39,7 +41,7 @@ from gsm8k_grpo.trainer.update import Trainer
 SHAPES = {"S": (8, 2, 256), "L": (8, 8, 512)}
 TINY_SHAPES = {"S": (2, 2, 16), "L": (4, 2, 32)}
 VARIANTS = {"base": {}, "fused": {"bench.fused_adamw": True}, "micro32k": {"trainer.micro_batch_tokens": 32768},
-            "compile": {"trainer.compile": True}}
+            "compile": {"trainer.compile": True}, "nofsdp": {"bench.nofsdp": True}}
 
 
 def samples(b: int, g: int, new: int, prompt: int, vocab: int) -> list[TrainSample]:
@@ -77,11 +79,33 @@ def use_fused_adamw(tr: Trainer) -> None:
     tr.scheduler = torch.optim.lr_scheduler.LambdaLR(tr.optimizer, tr.scheduler.lr_lambdas[0])
 
 
-def run_variant(cfg, model_dir, dev, shape, steps, prompt, peak, fused: bool = False) -> dict:
+def plain_autocast(model, compute_dtype):
+    """nofsdp: instead of fsdp.wrap, the model as it is (fp32) with its forward under bf16 autocast."""
+    if compute_dtype == torch.float32:
+        return model
+    forward = model.forward
+
+    def autocast_forward(*a, **k):
+        with torch.autocast(next(model.parameters()).device.type, dtype=compute_dtype):
+            return forward(*a, **k)
+
+    model.forward = autocast_forward
+    return model
+
+
+def run_variant(cfg, model_dir, dev, shape, steps, prompt, peak, fused: bool = False, nofsdp: bool = False) -> dict:
+    import gsm8k_grpo.trainer.update as update_mod
+
     b, g, new = shape
     cfg = cfg.model_copy(deep=True)
     cfg.trainer.batch_size, cfg.rollout.n = b, g
-    tr = Trainer(cfg, model_dir, dev, total_steps=steps, pad_id=0)
+    wrap = update_mod.wrap
+    if nofsdp:
+        update_mod.wrap = plain_autocast
+    try:
+        tr = Trainer(cfg, model_dir, dev, total_steps=steps, pad_id=0)
+    finally:
+        update_mod.wrap = wrap
     if fused:
         use_fused_adamw(tr)
     n_params = sum(p.numel() for p in tr.model.parameters())
@@ -171,7 +195,8 @@ def main() -> None:
                 if sect != "bench":
                     setattr(getattr(vcfg, sect), field, val)
             med = run_variant(vcfg, model_dir, dev, shape, args.steps, prompt, peak,
-                              fused=VARIANTS[name].get("bench.fused_adamw", False))
+                              fused=VARIANTS[name].get("bench.fused_adamw", False),
+                              nofsdp=VARIANTS[name].get("bench.nofsdp", False))
             med.update(variant=name, shape=shape_name, b=shape[0], g=shape[1], new_tokens=shape[2])
             result["runs"].append(med)
             mfu = f"{med['mfu']:.1%}" if med["mfu"] else "-"
