@@ -1,7 +1,11 @@
 # Source on the GPU machine from the repo root, after the SGLang wheels are installed
-# (.whl/b/sglang-env.sh in the installing call, /tmp/wh/sglang-env.sh afterwards).
-if [ -f .whl/b/sglang-env.sh ] && [ ! -f /tmp/site/.ready ]; then
-  source .whl/b/sglang-env.sh && cp .whl/b/sglang-env.sh .whl/b/MANIFEST /tmp/wh/ && touch /tmp/site/.ready
+# (the last part's sglang-env.sh in the installing call, /tmp/wh/sglang-env.sh afterwards). The parts
+# (.whl/a, .whl/b, ...: ../shared/device/sglang-wheels.sh sizes them from the tree) go one call each;
+# the installing call carries the last part only, so the part found here is that one.
+_last=""
+for _p in .whl/[b-z]; do [ -f "$_p/sglang-env.sh" ] && _last=$_p; done
+if [ -n "$_last" ] && [ ! -f /tmp/site/.ready ]; then
+  source "$_last/sglang-env.sh" && cp "$_last/sglang-env.sh" "$_last/MANIFEST" /tmp/wh/ && touch /tmp/site/.ready
 elif [ -f /tmp/wh/sglang-env.sh ]; then
   source /tmp/wh/sglang-env.sh /tmp/wh
 fi
