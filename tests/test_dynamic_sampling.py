@@ -228,3 +228,43 @@ def test_describe_update_and_memory_plan_count_the_extra_prompts():
     more = memory.rollout_fraction(qwen, config(64, oversample=1.5), card)   # 96 prompts of 4 samples, not 64
     kv = memory.kv_bytes_per_token(qwen) * 64 * 4 * (memory.PROMPT_TOKENS + 512)
     assert more > base and more == pytest.approx(base + 0.5 * 1.5 * kv / card, abs=0.011)
+
+
+def test_skip_no_signal_swaps_questions_whose_last_group_had_none():
+    """algorithm.skip_no_signal: in the second epoch, the questions that had no signal in the first
+    (here q % 4 == 0: all right) are swapped for others, so every group of those steps has signal; the
+    draw depends only on (pool, step, own, record, seed), so a source given a checkpoint's record draws
+    the same as the unbroken one. Without the setting the second epoch asks them again."""
+    steps = gsm8k.steps_per_epoch(len(POOL), 4)
+    cfg, plain_cfg = config(skip_no_signal=True), config()
+    src, engine = source(cfg)
+    plain, plain_engine = source(plain_cfg)
+    records = {}
+    for step in range(1, 2 * steps + 1):
+        records[step] = set(src.no_signal)   # what a checkpoint after step - 1 would hold
+        batch, ref = src.generate(step), plain.generate(step)
+        own = [int(p.question) for p in gsm8k.batch_for_step(POOL, step - 1, 4, cfg.data.seed)]
+        assert plain_engine.calls[-1] == own
+        if step <= steps:   # first epoch: nothing known yet, the data order is untouched
+            assert engine.calls[-1] == own and batch.metrics["questions_swapped"] == 0
+        else:
+            asked = engine.calls[-1]
+            assert all(has_signal(q) for q in asked) and batch.metrics["groups_trained"] == 4
+            assert batch.metrics["questions_swapped"] == sum(not has_signal(q) for q in own)
+            assert [a for a, o in zip(asked, own) if has_signal(o)] == [o for o in own if has_signal(o)]
+            assert len(set(asked)) == 4
+        assert "questions_swapped" not in ref.metrics
+    assert src.no_signal == {p.idx for p in POOL if not has_signal(int(p.question))}
+    assert any(not has_signal(q) for c in plain_engine.calls[steps:] for q in c)   # the old way asks them
+    # a resumed source (its record from the checkpoint) draws exactly as the unbroken one did
+    again, again_engine = source(cfg)
+    again.no_signal = set(records[steps + 3])
+    assert pickle.dumps(again.generate(steps + 3).samples) != b""
+    assert again_engine.calls[-1] == engine.calls[steps + 2]
+
+
+def test_skip_no_signal_needs_the_filter_and_says_so_in_the_update_line():
+    with pytest.raises(ConfigError, match="skip_no_signal needs algorithm.filter_groups"):
+        config(skip_no_signal=True, filter_groups=False)
+    assert "last group had no signal" in describe_update(config(skip_no_signal=True))
+    assert "last group had no signal" not in describe_update(config())

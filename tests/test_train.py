@@ -72,9 +72,11 @@ def test_learns_toy_task(tmp_path, overlap):
 @pytest.mark.parametrize("overlap", [False, True])
 def test_exact_resume_after_kill(tmp_path, overlap):
     """A SIGKILLed run, resumed, matches an unbroken one step for step. With rollout.overlap the
-    checkpoint carries the batch already generated for the next step."""
+    checkpoint carries the batch already generated for the next step; that run also sets
+    algorithm.skip_no_signal, whose record of questions without signal the checkpoint carries too."""
     extra = {"trainer.max_steps": 24, "checkpoint.every": 1, "checkpoint.keep_last": 3,
-             "rollout.max_new_tokens": 12, "optimizer.lr": 0.002, "rollout.overlap": overlap}
+             "rollout.max_new_tokens": 12, "optimizer.lr": 0.002, "rollout.overlap": overlap,
+             "algorithm.skip_no_signal": overlap, "algorithm.filter_groups": True}
     straight = tmp_path / "straight"
     straight.mkdir()
     cfg_a = write_toy(straight, **extra)
@@ -105,7 +107,10 @@ def test_exact_resume_after_kill(tmp_path, overlap):
     assert "resumed from" in (run / "train.log").read_text()
     got = read_metrics(run)
     assert [r["step"] for r in got] == list(range(1, 25))
+    if overlap:  # questions were swapped after the kill too, as in the unbroken run
+        assert sum(r["questions_swapped"] for r in ref if r["step"] > done) > 0
     for a, b in zip(ref, got):
+        assert a.get("questions_swapped") == b.get("questions_swapped"), a["step"]
         assert a["reward_mean"] == b["reward_mean"], (a["step"], a["reward_mean"], b["reward_mean"])
         assert abs(a["loss"] - b["loss"]) <= 1e-5, (a["step"], a["loss"], b["loss"])
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * max(1.0, a["grad_norm"])
@@ -310,10 +315,34 @@ def test_a_setting_added_since_the_checkpoint_is_no_change():
     del saved["model"]["revision_gone"]
     assert config_diff(saved, now) == []  # None on both sides: config_diff reads a missing key as None
     saved["trainer"].pop("compile")
-    assert config_diff(saved, now) == ["trainer.compile: None -> False"]  # what used to refuse the resume
+    assert config_diff(saved, now) == ["trainer.compile: unset -> False"]  # what used to refuse the resume
     assert config_diff(comparable_config(saved), now) == []
     saved["optimizer"]["gone"] = 1
-    assert comparable_config(saved) is saved and "optimizer.gone: 1 -> None" in config_diff(saved, now)
+    assert comparable_config(saved) is saved and "optimizer.gone: 1 -> unset" in config_diff(saved, now)
+
+
+def test_a_run_saved_before_overlap_existed_resumes_on_policy(tmp_path):
+    """rollout.overlap was added off and is now unset (on with SGLang): a run saved without the key was
+    on-policy, so resume fills in False, not today's default; the same command with today's default is a
+    difference that must not pass silently, and the diff line says 'unset', not None."""
+    import copy
+
+    import yaml
+
+    from gsm8k_grpo.config import build_config
+    from gsm8k_grpo.run_dir import comparable_config, read_run_config, resume_differences
+
+    now = build_config(preset="smoke")
+    saved = copy.deepcopy(now.model_dump(mode="json"))
+    del saved["rollout"]["overlap"]
+    assert comparable_config(saved)["rollout"]["overlap"] is False
+    assert resume_differences(saved, now) == ["rollout.overlap: False -> unset"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(saved))
+    assert read_run_config(path).rollout.overlap is False   # grpo resume RUN_DIR reads this
+    saved["rollout"]["overlap"] = None                       # a run saved since: unset stays unset
+    path.write_text(yaml.safe_dump(saved))
+    assert read_run_config(path).rollout.overlap is None and resume_differences(saved, now) == []
 
 
 def test_error_lines_keep_brackets(tmp_path):

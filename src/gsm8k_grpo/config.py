@@ -112,6 +112,11 @@ class AlgorithmConfig(_Strict):
                               "x oversample) in one engine call; the batch keeps the first trainer.batch_size groups "
                               "with signal (DAPO dynamic sampling), the step's own prompts first, the extra ones drawn "
                               "at random from the pool; generation and its KV cache grow by that factor; 1 = off")
+    skip_no_signal: bool = Field(False, description="a question whose last group had no signal (all right or all "
+                                 "wrong) is swapped, when its turn comes again, for a seeded draw of a question "
+                                 "without that record: a curriculum from the rollouts themselves, no extra model "
+                                 "calls (in 1hour's second epoch it trains the questions that had signal in the "
+                                 "first); needs filter_groups")
 
     @model_validator(mode="after")
     def _check(self) -> "AlgorithmConfig":
@@ -119,6 +124,9 @@ class AlgorithmConfig(_Strict):
             raise ValueError("algorithm.clip_low and clip_high must be positive (typical: 0.2 and 0.28)")
         if self.clip_low >= 1:
             raise ValueError("algorithm.clip_low must be < 1 (the ratio floor is 1 - clip_low)")
+        if self.skip_no_signal and not self.filter_groups:
+            raise ValueError("algorithm.skip_no_signal needs algorithm.filter_groups=true (it skips what the filter "
+                             "would drop)")
         if self.oversample > 1 and not self.filter_groups:
             raise ValueError("algorithm.oversample > 1 needs algorithm.filter_groups=true (without the filter it "
                              "would only enlarge the batch)")
@@ -444,6 +452,11 @@ def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, width=10_000)
 
 
+def _shown(value) -> str:
+    """A config value in a diff line; None is an unset setting (rollout.overlap: settled by the engine)."""
+    return "unset" if value is None else repr(value)
+
+
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Human-readable differences between two config dicts ('key: old -> new')."""
     out = []
@@ -452,5 +465,5 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             out.extend(config_diff(a, b, f"{prefix}{k}."))
         elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+            out.append(f"{prefix}{k}: {_shown(a)} -> {_shown(b)}")
     return out

@@ -213,15 +213,31 @@ class RunDir:
 # ---------------------------------------------------------------------------- configs of a run
 
 
+# Settings a saved config may lack, with the value the run had then rather than today's default:
+# rollout.overlap was added off (2026-11-27) and became unset = on with SGLang (2026-12-03), so a run
+# saved before it existed was on-policy and must resume so.
+DEFAULTS_OF_OLDER_RUNS = {("rollout", "overlap"): False}
+
+
+def with_older_defaults(saved: dict) -> dict:
+    """`saved` with each setting of DEFAULTS_OF_OLDER_RUNS it lacks filled in with its then value."""
+    out = dict(saved)
+    for (section, key), value in DEFAULTS_OF_OLDER_RUNS.items():
+        if isinstance(out.get(section), dict) and key not in out[section]:
+            out[section] = {**out[section], key: value}
+    return out
+
+
 def read_run_config(path: Path) -> RunConfig:
-    return validate_config(_read_yaml(path, "run config"))
+    return validate_config(with_older_defaults(_read_yaml(path, "run config")))
 
 
 def comparable_config(saved: dict) -> dict:
     """A checkpoint's config with today's defaults filled in, so that a setting added to the package
-    since the checkpoint was written does not count as a change on resume."""
+    since the checkpoint was written does not count as a change on resume (but for
+    DEFAULTS_OF_OLDER_RUNS, whose then value is filled in)."""
     try:
-        return validate_config(saved).model_dump(mode="json")
+        return validate_config(with_older_defaults(saved)).model_dump(mode="json")
     except ConfigError:  # a setting since removed or renamed: compare as saved, the diff names it
         return saved
 

@@ -114,7 +114,7 @@ class Recipe:
         if cfg.eval.every or cfg.eval.at_end:
             test = gsm8k.load_split("test", cfg.data.path, cfg.data.hub_name, cfg.data.hub_config)
             self.eval_set = test[: cfg.eval.samples]
-        self.engine_kind = choose_engine(cfg.rollout.engine)
+        self.engine_kind = broadcast_object(choose_engine(cfg.rollout.engine) if self.rank == 0 else None, self.world)
         self.cfg = cfg = cfg.with_engine(self.engine_kind)  # rollout.overlap settled (unset: on with SGLang)
         model_config = self._model_config() if self.rank == 0 else None
         model_config = broadcast_object(model_config, self.world)
@@ -143,6 +143,7 @@ class Recipe:
             self.transport = self._make_transport()
             self.source = RolloutSource(cfg, self.engine, self.tokenizer, self.pool, self.stop_ids, self.scorer)
             self.source.load_state(state.get("pending_batch"))
+            self.source.no_signal = set(state.get("no_signal") or ())   # algorithm.skip_no_signal's record
             self.metrics = metrics.Metrics(self.run.metrics_file, f"{cfg.experiment_name}/{cfg.trial_name}",
                                            cfg.model_dump(mode="json"), cfg.logging, state.get("wandb_id"),
                                            self.start_step, self.total_steps)
@@ -426,6 +427,7 @@ class Recipe:
         t0 = time.monotonic()
         state = {"config": self.requested_cfg.model_dump(mode="json"), "policy_version": self.version,
                  "pending_batch": self.source.state() if self.rank == 0 else None,
+                 "no_signal": sorted(self.source.no_signal) if self.rank == 0 else None,
                  "data_cursor": {"step": step, "seed": self.cfg.data.seed, "pool": len(self.pool)},
                  "wandb_id": getattr(self.metrics, "wandb_id", None), "data_path": self.cfg.data.path}
         export = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(self.cfg.checkpoint.save_dtype,
@@ -472,6 +474,8 @@ def describe_update(cfg: RunConfig) -> str:
     if clip_bites:
         what = (f"PPO-clip {1 - algo.clip_low:g}..{1 + algo.clip_high:g} over "
                 f"{t.batch_size // (t.mini_batch_size or t.batch_size)} mini-batch(es) x {algo.ppo_epochs} epoch(s)")
+    elif cfg.rollout.overlap:
+        what = "policy gradient (REINFORCE; ratio 1 against the trainer's own log-probs, so the clip never engages)"
     else:
         what = "on-policy policy gradient (REINFORCE; ratio 1, so the clip never engages)"
     extra = "; one step off-policy, weighted by pi_trainer/pi_rollout" if cfg.rollout.overlap else ""
@@ -479,6 +483,8 @@ def describe_update(cfg: RunConfig) -> str:
     if algo.oversample > 1:
         extra += (f"; dynamic sampling: {cfg.prompts_per_step} prompts generated, the first {t.batch_size} groups "
                   "with signal trained")
+    if algo.skip_no_signal:
+        extra += "; a question whose last group had no signal is swapped for one without that record"
     return f"{what}, {adv} advantages, {agg}{kl}{extra}"
 
 

@@ -55,6 +55,8 @@ class RolloutSource:
         self._thread: ThreadPoolExecutor | None = None
         self._ahead: Future | None = None    # the batch being generated ahead
         self._pending: Batch | None = None   # the batch generated ahead, not yet taken
+        # algorithm.skip_no_signal: Problem.idx of the questions whose last group had no signal (checkpointed)
+        self.no_signal: set[int] = set()
 
     def take(self, step: int) -> Batch:
         if self._pending is not None:
@@ -106,6 +108,9 @@ class RolloutSource:
         cfg, algo = self.cfg, self.cfg.algorithm
         own = cfg.trainer.batch_size
         mine = gsm8k.batch_for_step(self.pool, step - 1, own, cfg.data.seed)
+        swapped = 0
+        if algo.skip_no_signal:
+            mine, swapped = swap_no_signal(self.pool, step, mine, self.no_signal, cfg.data.seed)
         problems = mine + extra_problems(self.pool, step, mine, cfg.prompts_per_step - own, cfg.data.seed)
         prompt_ids = [self._prompt(p) for p in problems]
         params = SamplingParams(cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens,
@@ -120,6 +125,9 @@ class RolloutSource:
         advantages = group_advantages(rewards, algo.adv_norm)                                    # [N, G]
         signal = group_has_signal(rewards) if algo.filter_groups else torch.ones(len(groups), dtype=torch.bool)
         keep = [b for b in range(len(groups)) if signal[b]][:own]   # in prompt order, the step's own first
+        if algo.skip_no_signal:  # each question's latest record: the next swap_no_signal() reads it
+            for p, has in zip(problems, signal.tolist()):
+                (self.no_signal.discard if has else self.no_signal.add)(p.idx)
         samples = [TrainSample(prompt_ids[b], c.token_ids, float(advantages[b, k]), c.logprobs)
                    for b in keep for k, c in enumerate(groups[b])]
         everything = [c for g in groups for c in g]
@@ -133,6 +141,7 @@ class RolloutSource:
             "truncated_frac": sum(c.finish_reason == "length" for c in completions) / len(completions),
             "filtered_group_frac": 1.0 - float(signal.float().mean()),
             "groups_generated": len(groups), "groups_trained": len(keep),
+            **({"questions_swapped": swapped} if algo.skip_no_signal else {}),
             "time_generate": t1 - t0, "time_reward": time.time() - t1,
             "gen_tokens_per_s": sum(len(c.token_ids) for c in everything) / max(t1 - t0, 1e-9),
         }
@@ -154,3 +163,24 @@ def extra_problems(pool: list[gsm8k.Problem], step: int, own: list[gsm8k.Problem
     while len(idx) < count:
         idx += rng.sample(candidates, min(len(candidates), count - len(idx)))
     return [pool[i] for i in idx]
+
+
+def swap_no_signal(pool: list[gsm8k.Problem], step: int, own: list[gsm8k.Problem], no_signal: set[int],
+                   seed: int) -> tuple[list[gsm8k.Problem], int]:
+    """algorithm.skip_no_signal: the step's problems with each one whose last group had no signal
+    replaced by a seeded draw (without replacement) from the pool's problems without that record and
+    not already in the step; -> (problems, how many were swapped). A pure function of its arguments,
+    so a resumed run (no_signal is checkpointed) draws the same; kept when no candidate is left."""
+    if not no_signal or not any(p.idx in no_signal for p in own):
+        return own, 0
+    taken = {p.idx for p in own}
+    candidates = [p for p in pool if p.idx not in no_signal and p.idx not in taken]
+    rng = random.Random(f"skip {seed} {step}")
+    out, swapped = [], 0
+    for p in own:
+        if p.idx in no_signal and candidates:
+            out.append(candidates.pop(rng.randrange(len(candidates))))
+            swapped += 1
+        else:
+            out.append(p)
+    return out, swapped

@@ -5,7 +5,7 @@ the training forward's own, detached. So ratio = exp(logp - old_logp) = 1 exactl
 engages (clip_frac 0), and the gradient is REINFORCE with group-normalised advantages, averaged over
 all completion tokens of the batch (DAPO's token-level mean):
     grad = -(1 / N_tokens) * sum_i A_i * sum_t grad log pi(y_it)
-With the SGLang engine (what a GPU runs) rollout.overlap is on by default (RunConfig.with_engine): every
+With the SGLang engine rollout.overlap is on by default (RunConfig.with_engine; not with the memory saver): every
 batch after the first was generated during the previous update, one update old, and each token's
 loss above is also weighted by min(pi_trainer / pi_rollout, algorithm.offpolicy_weight_cap) (decoupled
 PPO, trainer/loss.py). With the in-process HF engine (the CPU path) or rollout.overlap=false the batch
