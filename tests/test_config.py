@@ -179,3 +179,9 @@ def test_overlap_unset_is_on_with_sglang_only():
     assert off.with_engine("sglang").rollout.overlap is False
     on = build_config(preset="1hour", overrides=["rollout.overlap=true"])
     assert on.with_engine("hf").rollout.overlap is True
+    # --dry-run and RUN_DIR/config.yaml say how the unset value is settled, and still read back the same
+    from gsm8k_grpo.config import to_yaml, validate_config
+
+    text = to_yaml(default)
+    assert "  overlap: null  # unset: on with the SGLang engine" in text
+    assert validate_config(yaml.safe_load(text)) == default and "overlap: false\n" in to_yaml(off)

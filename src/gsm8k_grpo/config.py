@@ -448,8 +448,13 @@ def validate_config(data: dict) -> RunConfig:
         raise ConfigError(_format_error(e)) from None
 
 
+UNSET_NOTES = {"  overlap: null": "  # unset: on with the SGLang engine, off with the HF engine or the memory saver"}
+
+
 def to_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, width=10_000)
+    """The config as YAML (--dry-run, RUN_DIR/config.yaml); an unset setting says how it is settled."""
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, width=10_000)
+    return "\n".join(ln + UNSET_NOTES.get(ln, "") for ln in text.split("\n"))
 
 
 def _shown(value) -> str:
