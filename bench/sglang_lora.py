@@ -446,14 +446,24 @@ def run_server_a(merged_dir: Path, out: Path, ctx: dict, args, budget: Budget, r
         save(res, args)
         run_generate_parts(http, a, None, ctx, args, budget, res, "A", ctx["reserve_b"])
     except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-        res["errors"].append({"part": "server_a", "error": repr(e), "trace": traceback.format_exc()[-4000:]})
+        record_error(res, "server_a", e)
         log("server A failed:", repr(e))
     finally:
-        if http is not None:
-            http.close()
-        if srv is not None:
-            srv.stop()
-        save(res, args)
+        shut_down(http, srv, res, args)
+
+
+def record_error(res: dict, part: str, e: Exception) -> None:
+    """A part that failed: recorded in the results, and the run goes on."""
+    res["errors"].append({"part": part, "error": repr(e), "trace": traceback.format_exc()[-4000:]})
+
+
+def shut_down(http, srv, res: dict, args) -> None:
+    """The end of a server's part: its HTTP session closed, its process group stopped, results saved."""
+    if http is not None:
+        http.close()
+    if srv is not None:
+        srv.stop()
+    save(res, args)
 
 
 def load_tensors_payload(adapter_dir: Path):
@@ -559,20 +569,15 @@ def run_server_b(adapter_dir: Path, out: Path, ctx: dict, args, budget: Budget, 
                 ctx["greedy_b_tensors"] = generate(http, ctx["greedy_ids"], ctx["greedy_sp"], name)
                 del tensors
             except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-                res["errors"].append({"part": "B.update_tensors", "error": repr(e),
-                                      "trace": traceback.format_exc()[-4000:]})
+                record_error(res, "B.update_tensors", e)
                 log("B load from tensors failed:", repr(e))
         else:
             res["skipped"].append("B.update_tensors")
     except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-        res["errors"].append({"part": "server_b", "error": repr(e), "trace": traceback.format_exc()[-4000:]})
+        record_error(res, "server_b", e)
         log("server B failed:", repr(e))
     finally:
-        if http is not None:
-            http.close()
-        if srv is not None:
-            srv.stop()
-        save(res, args)
+        shut_down(http, srv, res, args)
 
 
 def fill_correctness(ctx: dict, res: dict) -> None:
@@ -632,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         adapter_dir, merged_dir = prepare(args, work, res)
         log(f"adapter {adapter_dir}, merged {merged_dir}, save_pretrained {res['prep']['adapter_save']['median_s']:.3f}s")
     except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-        res["errors"].append({"part": "prep", "error": repr(e), "trace": traceback.format_exc()[-4000:]})
+        record_error(res, "prep", e)
         save(res, args)
         log("prep failed:", repr(e))
         return 1
