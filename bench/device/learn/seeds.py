@@ -9,8 +9,8 @@ NAME/runs/*/*/metrics.jsonl (or NAME/metrics.jsonl). Each --group names the tria
 Per trial: full-test strict and lenient accuracy, the paired gain over the base model (95 % CI,
 questions fixed/broken, exact McNemar p), steps, median step time and the training wall clock.
 Per configuration: the mean gain over its seeds and their spread (min–max; the sample standard
-deviation when there are >= 2). Against the reference configuration: the difference of the mean
-gains, and the paired comparison of seed k against the reference's seed k (same questions).
+deviation when there are >= 2). Against the reference configuration: the paired comparison of seed k
+against the reference's seed k (same questions), and all seed pairs together (pooled_difference).
 Standard library plus report.py.
 """
 
@@ -47,6 +47,25 @@ def spread(xs: list[float]) -> str:
         return f"{xs[0]:+.1f} (one run)" if xs else "–"
     return (f"**{statistics.mean(xs):+.1f}** (runs {', '.join(f'{x:+.1f}' for x in xs)}; "
             f"sd {statistics.stdev(xs):.1f})")
+
+
+def pooled_difference(pairs: list[tuple[dict, dict]], key: str = "strict") -> dict | None:
+    """Configuration vs reference over every seed pair at once: per question, the mean over the pairs
+    of (trial - reference); their mean is the difference in points, and its 95 % CI is taken over the
+    questions (a question is the unit: its seeds are not independent draws of it)."""
+    pairs = [(t, r) for t, r in pairs if t and r]
+    if not pairs:
+        return None
+    common = sorted(set.intersection(*[set(t["q"]) & set(r["q"]) for t, r in pairs]))
+    if not common:
+        return None
+    d = [statistics.mean(t["q"][i][key] - r["q"][i][key] for t, r in pairs) for i in common]
+    mean = statistics.mean(d)
+    se = statistics.pstdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
+    fixed = sum(r["q"][i][key] < 0.5 <= t["q"][i][key] for t, r in pairs for i in common)
+    broken = sum(t["q"][i][key] < 0.5 <= r["q"][i][key] for t, r in pairs for i in common)
+    return {"pairs": len(pairs), "n": len(d), "delta": mean, "ci95": (mean - 1.96 * se, mean + 1.96 * se),
+            "fixed": fixed, "broken": broken}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"- {label} {t['name']} vs {r['name']}: {100 * p['delta']:+.1f} points "
                              f"({100 * p['ci95'][0]:+.1f} to {100 * p['ci95'][1]:+.1f}), "
                              f"{p['fixed']} fixed / {p['broken']} broken, McNemar p = {p['p']:.2g}")
+            pooled = pooled_difference(list(zip(ts, groups[ref])))
+            if pooled:
+                lines.append(f"- {label} vs {ref}, all {pooled['pairs']} seed pairs together: "
+                             f"{100 * pooled['delta']:+.1f} points ({100 * pooled['ci95'][0]:+.1f} to "
+                             f"{100 * pooled['ci95'][1]:+.1f}, a CI over questions), {pooled['fixed']} fixed / "
+                             f"{pooled['broken']} broken")
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
     text = "\n".join(lines) + "\n"
