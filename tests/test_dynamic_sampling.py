@@ -268,3 +268,20 @@ def test_skip_no_signal_needs_the_filter_and_says_so_in_the_update_line():
         config(skip_no_signal=True, filter_groups=False)
     assert "last group had no signal" in describe_update(config(skip_no_signal=True))
     assert "last group had no signal" not in describe_update(config())
+
+
+def test_skip_no_signal_with_oversample_draws_no_recorded_extras():
+    """With both settings, a question recorded without signal is neither asked as the step's own (swapped)
+    nor drawn as an extra, while other questions are left; no question appears twice in a call."""
+    cfg = config(oversample=2.0, skip_no_signal=True)
+    src, engine = source(cfg)
+    for step in range(1, 2 * gsm8k.steps_per_epoch(len(POOL), 4) + 1):
+        known = set(src.no_signal)
+        src.generate(step)
+        asked = engine.calls[-1]
+        assert len(set(asked)) == len(asked) == 8
+        assert not {q for q in asked} & {p.idx for p in POOL if p.idx in known and not has_signal(int(p.question))}
+    assert src.no_signal   # the record filled, from own and extra questions alike
+    own = gsm8k.batch_for_step(POOL, 0, 4, 2)
+    everything = {p.idx for p in POOL}
+    assert len(extra_problems(POOL, 1, own, 4, 2, exclude=everything)) == 4   # nothing left: the old draw

@@ -112,11 +112,13 @@ class AlgorithmConfig(_Strict):
                               "x oversample) in one engine call; the batch keeps the first trainer.batch_size groups "
                               "with signal (DAPO dynamic sampling), the step's own prompts first, the extra ones drawn "
                               "at random from the pool; generation and its KV cache grow by that factor; 1 = off")
-    skip_no_signal: bool = Field(False, description="a question whose last group had no signal (all right or all "
-                                 "wrong) is swapped, when its turn comes again, for a seeded draw of a question "
-                                 "without that record: a curriculum from the rollouts themselves, no extra model "
-                                 "calls (in 1hour's second epoch it trains the questions that had signal in the "
-                                 "first); needs filter_groups")
+    skip_no_signal: bool = Field(False, description="a question whose group had no signal (all right or all "
+                                 "wrong) is not asked again in the run: when its turn comes it is swapped for a "
+                                 "seeded draw of a question without that record, and it is not drawn as an "
+                                 "algorithm.oversample extra. A curriculum from the rollouts themselves, no extra "
+                                 "model calls (in 1hour's second epoch it trains the questions that had signal in "
+                                 "the first). The training batch's reward and accuracy then cover chosen "
+                                 "questions: compare runs by eval accuracy. Needs filter_groups")
 
     @model_validator(mode="after")
     def _check(self) -> "AlgorithmConfig":

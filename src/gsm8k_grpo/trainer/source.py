@@ -104,14 +104,17 @@ class RolloutSource:
         With algorithm.oversample > 1 the same engine call also generates extra prompts
         (extra_problems); the batch keeps the first trainer.batch_size groups with signal, the
         step's own first. reward, accuracy, format and length metrics cover the step's own
-        prompts only, so they compare with runs without oversampling."""
+        prompts only, so they compare with runs without oversampling. With
+        algorithm.skip_no_signal the step's own prompts are chosen (swap_no_signal), so those
+        metrics are biased towards questions with signal: compare such runs by eval accuracy."""
         cfg, algo = self.cfg, self.cfg.algorithm
         own = cfg.trainer.batch_size
         mine = gsm8k.batch_for_step(self.pool, step - 1, own, cfg.data.seed)
         swapped = 0
         if algo.skip_no_signal:
             mine, swapped = swap_no_signal(self.pool, step, mine, self.no_signal, cfg.data.seed)
-        problems = mine + extra_problems(self.pool, step, mine, cfg.prompts_per_step - own, cfg.data.seed)
+        problems = mine + extra_problems(self.pool, step, mine, cfg.prompts_per_step - own, cfg.data.seed,
+                                         self.no_signal if algo.skip_no_signal else frozenset())
         prompt_ids = [self._prompt(p) for p in problems]
         params = SamplingParams(cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens,
                                 tuple(self.stop_ids), step_seed(cfg.seed, step))
@@ -149,15 +152,18 @@ class RolloutSource:
 
 
 def extra_problems(pool: list[gsm8k.Problem], step: int, own: list[gsm8k.Problem], count: int,
-                   seed: int) -> list[gsm8k.Problem]:
-    """algorithm.oversample: `count` more problems for `step`, a pure function of (pool, step, own, count, seed).
+                   seed: int, exclude: set[int] | frozenset = frozenset()) -> list[gsm8k.Problem]:
+    """algorithm.oversample: `count` more problems for `step`, a pure function of its arguments.
 
-    A seeded sample of the pool without the step's own problems, so the data order and its epochs stay
-    as without oversampling; a pool too small for that repeats problems (as batch_for_step does)."""
+    A seeded sample of the pool without the step's own problems (and without `exclude`:
+    algorithm.skip_no_signal's record, while other problems are left), so the data order and its
+    epochs stay as without oversampling; a pool too small for that repeats problems (as
+    batch_for_step does)."""
     if count <= 0:
         return []
     taken = {p.idx for p in own}
-    candidates = [i for i, p in enumerate(pool) if p.idx not in taken] or list(range(len(pool)))
+    candidates = ([i for i, p in enumerate(pool) if p.idx not in taken and p.idx not in exclude]
+                  or [i for i, p in enumerate(pool) if p.idx not in taken] or list(range(len(pool))))
     rng = random.Random(f"oversample {seed} {step}")
     idx: list[int] = []
     while len(idx) < count:
