@@ -316,3 +316,21 @@ def test_a_bad_gpu_memory_limit_is_one_line_through_the_cli():
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "gpu_memory_limit" in lines[0], res.stderr
     assert "is not a memory size" in lines[0] and "Traceback" not in res.stderr + res.stdout
+
+
+@pytest.mark.parametrize("preset", ["fast", "1hour", "3hour", "full"])
+def test_the_readme_smallest_cards_are_the_plans(qwen, preset):
+    """The preset table's "smallest common card" column (Qwen2.5-0.5B-Instruct, full / LoRA): the plan
+    fits that card and refuses the next smaller common size (of 8, 10, 12, 16, 20, 24 GiB)."""
+    import re
+
+    from conftest import ROOT
+
+    row = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith(f"| `{preset}` |"))
+    full, lora = (int(x) for x in re.search(r"\| (\d+) / (\d+) GiB \|", row).groups())
+    sizes = [8, 10, 12, 16, 20, 24]
+    for gib, sets in ((full, ()), (lora, ("lora.rank=16",))):
+        cfg = cfg_of(*sets, preset=preset)
+        assert memory.card_plan(qwen, cfg, gib * GIB, "sglang")[0] == "fits", (preset, sets, gib)
+        smaller = sizes[sizes.index(gib) - 1]
+        assert memory.card_plan(qwen, cfg, smaller * GIB, "sglang")[0] == "no", (preset, sets, smaller)
