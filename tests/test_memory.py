@@ -51,7 +51,7 @@ def test_the_server_estimate_matches_whole_runs_on_the_h200(qwen):
 
 
 def test_estimate_matches_the_h200_measurements(qwen):
-    """bench/results/2026-12-03-h200-cards.md: Qwen2.5-Coder-0.5B (its own lm_head, 630M parameters), 1hour
+    """bench/results/2026-12-03-h200-session9.md: Qwen2.5-Coder-0.5B (its own lm_head, 630M parameters), 1hour
     shapes: torch's peak allocation 17.0 GiB at micro-batches of 4,096 tokens, 14.4 at 2,048, 9.75 with
     LoRA rank 16 at 4,096; the trainer process took 20.7 GiB by NVML at 17.0 allocated."""
     coder = dict(qwen, tie_word_embeddings=False)

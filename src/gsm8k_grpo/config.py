@@ -294,8 +294,8 @@ class RunConfig(_Strict):
     def with_engine(self, engine_kind: str) -> "RunConfig":
         """rollout.overlap settled for the engine that runs: an unset one is on with SGLang (a server
         process generates the next batch while the trainer updates: in two 1hour runs each it learned as
-        well as on-policy, +6.3 against +5.4 points, at about 30 % less time a step; bench/results/
-        2026-12-03-h200-session10.md) and off with the in-process HF engine (generation would share the
+        well as on-policy, +6.3 against +5.4 points, in about 30 % less time a step beside other
+        trials; bench/results/2026-12-03-h200-session10.md) and off with the in-process HF engine (generation would share the
         trainer's cores or GPU) or with the memory saver (which frees SGLang's memory during the update)."""
         r = self.rollout
         if r.overlap is not None:

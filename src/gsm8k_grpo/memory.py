@@ -16,7 +16,7 @@ Estimates in bytes; h hidden size, L layers, I intermediate size, V vocab, b = 2
                (B = prompts per step: ceil(batch_size · algorithm.oversample))
 The factor 1.13 and (first) a 2 GiB server overhead were calibrated on an H100 with the `1hour` shapes (2026-11-27,
 bench/results/2026-11-27-h100.md): measured trainer peak 32.5 GiB, SGLang at mem_fraction 0.4 took
-33.7 GiB of the card. On the H200 (2026-12-03, bench/results/2026-12-03-h200-cards.md, Qwen2.5-Coder-
+33.7 GiB of the card. On the H200 (2026-12-03, bench/results/2026-12-03-h200-session9.md, Qwen2.5-Coder-
 0.5B, 630M parameters with its own lm_head) `allocated` matched torch's peak within 2 % at micro-batches
 of 4,096 and 2,048 tokens (17.2 vs 17.0, 14.3 vs 14.4 GiB), but the trainer process took 20.7 GiB by
 NVML at 17.0 allocated: the 1.15 and 1.2 GiB above. With gradient checkpointing and small micro-batches
@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
 
 GIB = 1024**3
 ACT_CALIBRATION = 1.13
