@@ -38,16 +38,19 @@ def test_estimate_matches_the_h100_measurement(qwen):
     assert 33.7 <= est.server / GIB <= 33.7 + 2.0
 
 
-def test_the_server_estimate_matches_whole_runs_on_the_h200(qwen):
-    """bench/results/2026-12-03-h200-session10.md: SGLang's processes by NVML over whole 1hour runs under
-    trainer.gpu_memory_limit (Qwen2.5-Coder-0.5B): 5.20-5.23 GiB with a pool of 86,177 tokens (four full
-    fine-tuning runs at 24 GiB), 5.65 GiB with 75,691 tokens (LoRA at 12 GiB). The 2 GiB overhead of
-    before put them at 4.2 GiB, and the trainer capped at the rest let the total pass the limit by 1 GiB."""
+def test_the_server_estimate_covers_whole_runs_on_the_h200(qwen):
+    """SGLang's processes by NVML over whole 1hour runs under trainer.gpu_memory_limit (Qwen2.5-Coder-0.5B):
+    session 10 (bench/results/2026-12-03-h200-session10.md) 5.20-5.23 GiB with a pool of 86,177 tokens (four
+    full fine-tuning runs at 24 GiB) and 5.65 GiB with 75,691 tokens (LoRA at 12 GiB); session 11 (…-session11.md)
+    5.23-5.48 GiB with 149,091 tokens (four full runs at 24 GiB) and 5.75 GiB with 75,691 (LoRA at 12 GiB, whose
+    total passed its limit by 0.2 GiB under the estimate of before, without the LoRA term). The estimate must
+    cover each (the trainer is capped at the rest of the limit) without wasting much of a small card."""
     coder = dict(qwen, tie_word_embeddings=False)
-    for tokens, measured in ((86177, 5.23), (75691, 5.65)):
-        cfg = cfg_of(f"rollout.server_args=[--max-total-tokens, {tokens}]")
-        est = memory.estimate(coder, cfg, H200, shared=True)
-        assert abs(est.server / GIB - measured) < 0.5, (tokens, est.server / GIB)
+    for tokens, lora, measured in ((86177, False, 5.23), (75691, True, 5.65), (149091, False, 5.48),
+                                   (75691, True, 5.75)):
+        sets = [f"rollout.server_args=[--max-total-tokens, {tokens}]"] + (["lora.rank=16"] if lora else [])
+        est = memory.estimate(coder, cfg_of(*sets), H200, shared=True)
+        assert measured <= est.server / GIB <= measured + 1.0, (tokens, lora, est.server / GIB)
 
 
 def test_estimate_matches_the_h200_measurements(qwen):
@@ -321,7 +324,8 @@ def test_a_bad_gpu_memory_limit_is_one_line_through_the_cli():
 @pytest.mark.parametrize("preset", ["fast", "1hour", "3hour", "full"])
 def test_the_readme_smallest_cards_are_the_plans(qwen, preset):
     """The preset table's "smallest common card" column (Qwen2.5-0.5B-Instruct, full / LoRA): the plan
-    fits that card and refuses the next smaller common size (of 8, 10, 12, 16, 20, 24 GiB)."""
+    fits that card and not the next smaller common size (of 8, 10, 12, 16, 20, 24 GiB): there it is refused, or
+    tight (within the card but above 95 % of it: a warning; LoRA at 10 GiB since the LoRA server term)."""
     import re
 
     from conftest import ROOT
@@ -333,4 +337,4 @@ def test_the_readme_smallest_cards_are_the_plans(qwen, preset):
         cfg = cfg_of(*sets, preset=preset)
         assert memory.card_plan(qwen, cfg, gib * GIB, "sglang")[0] == "fits", (preset, sets, gib)
         smaller = sizes[sizes.index(gib) - 1]
-        assert memory.card_plan(qwen, cfg, smaller * GIB, "sglang")[0] == "no", (preset, sets, smaller)
+        assert memory.card_plan(qwen, cfg, smaller * GIB, "sglang")[0] != "fits", (preset, sets, smaller)

@@ -12,6 +12,7 @@ Estimates in bytes; h hidden size, L layers, I intermediate size, V vocab, b = 2
                                                           workspaces: the trainer process as nvidia-smi sees it
     server   = mem_fraction · card + 3.5 GiB              SGLang's static pool (weights + KV cache),
                                                           plus its context, CUDA graphs and workspace
+               (+ 0.5 GiB beside a LoRA trainer)
     rollout  = 2 · params + KV bytes/token · B·G·(256 + max_new_tokens) · 1.5   what the pool must hold
                (B = prompts per step: ceil(batch_size · algorithm.oversample))
 The factor 1.13 and (first) a 2 GiB server overhead were calibrated on an H100 with the `1hour` shapes (2026-11-27,
@@ -25,7 +26,12 @@ of memory there. SGLang beyond its static pool (weights + KV cache) was 2 GiB in
 over whole 1hour runs (its caching allocator keeps its largest transients): 3.1 GiB in four full
 fine-tuning runs and 3.6 GiB in a LoRA run at the 12 GiB plan, by NVML (2026-12-03 session 10,
 bench/results/2026-12-03-h200-session10.md); hence 3.5 GiB, which a trainer capped at the rest of a limit
-(cap() below) cannot absorb.
+(cap() below) cannot absorb. Session 11 (bench/results/2026-12-03-h200-session11.md) ran that plan over
+whole runs: four full fine-tuning runs at 24 GiB peaked at 22.95-23.44 GiB (SGLang 5.23-5.48 GiB with a
+pool of 149,091 tokens: 2.4-2.6 GiB beyond weights + pool, so the 3.5 covers them), but the LoRA run at 12 GiB
+at 12.2 GiB: its SGLang took 5.75 GiB with a pool of 75,691 tokens, 3.7 GiB beyond (3.6 in session 10's
+LoRA run). SGLang serves the same merged weights either way, and why it holds more beside a LoRA trainer is
+not known; the estimate adds what was measured, 0.5 GiB, for LoRA runs.
 
 fit(): on a GPU shared by trainer and server, while the estimate is above 95 % of the card, take the
 first of these steps whose setting is still at its default (a value changed by a preset, --config or
@@ -58,6 +64,7 @@ from dataclasses import dataclass
 GIB = 1024**3
 ACT_CALIBRATION = 1.13
 SERVER_OVERHEAD = int(3.5 * GIB)   # SGLang beyond weights + KV pool over a whole run (docstring)
+LORA_SERVER_EXTRA = int(0.5 * GIB)  # and 0.5 GiB more beside a LoRA trainer, measured, not explained (docstring)
 CONTEXT = int(1.2 * GIB)     # the trainer process beyond torch's allocator: CUDA context, cuBLAS workspaces
 FRAGMENTATION = 0.15         # the caching allocator holds this much above its peak allocation
 PROMPT_TOKENS = 256        # GSM8K prompts with the chat template stay below this
@@ -143,10 +150,11 @@ def estimate(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int =
     else:
         state = 16 * params / max(1, trainer_gpus)
     tokens = max_total_tokens(cfg.rollout.server_args)
+    overhead = SERVER_OVERHEAD + (LORA_SERVER_EXTRA if lora is not None and lora.rank else 0)
     if tokens is not None:  # an absolute pool (as trainer.gpu_memory_limit sets it): weights + that many tokens
-        server = 2 * params + tokens * kv_bytes_per_token(mc) + SERVER_OVERHEAD if shared else 0.0
+        server = 2 * params + tokens * kv_bytes_per_token(mc) + overhead if shared else 0.0
     else:
-        server = cfg.rollout.mem_fraction * card_bytes + SERVER_OVERHEAD if shared else 0.0
+        server = cfg.rollout.mem_fraction * card_bytes + overhead if shared else 0.0
     trained = lora_params(mc, lora) if lora is not None and lora.rank else params
     if cfg.algorithm.kl_coef > 0:  # the reference model: a frozen copy of the initial weights, in the compute dtype
         state += b * params
