@@ -102,11 +102,11 @@ hub)
 OUT=$D TRAIN_TIMEOUT=900 EXTRA_SET='$SHARE_SET' bash bench/device/hub_id.sh > $D/hub.out 2>&1
 echo \"hub rc=\$?\" > $D/done"
   ;;
-cards)  # issue 22: the plan's refusals for the 630M Coder model, one line each before anything loads
-  # The plans since session 10 (SGLang's overhead 3.5 GiB) are 24 GiB full and 12 GiB LoRA for this model:
-  # the learning trials run them over whole runs (SHARE_SET's 24 GiB; LoRA trials with
-  # trainer.gpu_memory_limit=12GiB), measured by `watch`. Here the next card size down of each, which the
-  # plan must refuse: full 20 GiB and LoRA 10 GiB (both ran 10 steps under the old plan in session 10).
+cards)  # issue 22: the 8, 12, 16 and 24 GiB cards for the 630M Coder model, one after the other
+  # The plans since session 11 are 24 GiB full and 12 GiB LoRA for this model (LoRA's SGLang term is 0.5 GiB
+  # larger): the learning trials run them over whole runs (SHARE_SET's 24 GiB; LoRA trials with
+  # trainer.gpu_memory_limit=12GiB), measured by `watch`. Here the rest: LoRA on a 16 GiB card (10 steps),
+  # and the sizes the plan must refuse in one line before loading anything: full at 20 GiB, LoRA at 10 and 8.
   need_model || exit 1
   D=$T/cards
   mkdir -p "$D"
@@ -116,6 +116,8 @@ cards)  # issue 22: the plan's refusals for the 630M Coder model, one line each 
 source bench/device/env.sh
 $C full20 20GiB
 $C lora10 10GiB $LORA
+$C lora8 8GiB $LORA
+$C lora16 16GiB $LORA checkpoint.keep_last=1
 echo cards > $D/done"
   ;;
 watch)
