@@ -42,7 +42,7 @@ def mismatch(policy: PolicyModel, prompt_ids, groups) -> float:
     with torch.no_grad():
         for i in range(0, len(samples), 16):
             mb = collate(samples, list(range(i, min(i + 16, len(samples)))), pad_id=0)
-            logp, _ = policy(mb.input_ids.cuda(), mb.loss_mask.cuda(), mb.targets.cuda())
+            logp, _ = policy(mb.input_ids.cuda(), mb.positions.cuda(), mb.targets.cuda())
             tot += float((logp.float().cpu() - mb.engine_logprobs).abs().sum())
             n += mb.n_tokens
     return tot / max(n, 1)

@@ -115,9 +115,10 @@ def test_collate_masks_predict_completion_tokens():
     s = [TrainSample([1, 2, 3], [7, 8], 0.5, [-0.1, -0.2]), TrainSample([4], [9, 10, 11], -1.0, [-1, -2, -3])]
     mb = collate(s, [0, 1], pad_id=0)
     assert mb.input_ids.tolist() == [[1, 2, 3, 7, 8], [4, 9, 10, 11, 0]]
-    # positions predicting completion tokens: sample 0 -> positions 2,3 (predict 7, 8); sample 1 -> 0,1,2
-    assert mb.loss_mask.tolist() == [[False, False, True, True, False], [True, True, True, False, False]]
-    assert mb.targets[mb.loss_mask].tolist() == [7, 8, 9, 10, 11]
+    # positions predicting completion tokens: sample 0 -> positions 2,3 (predict 7, 8); sample 1 -> 0,1,2,
+    # which are 5,6,7 of the flattened [2 x 5]
+    assert mb.positions.tolist() == [2, 3, 5, 6, 7]
+    assert mb.targets.tolist() == [7, 8, 9, 10, 11]
     assert mb.advantages.tolist() == [0.5, 0.5, -1.0, -1.0, -1.0]
     assert mb.seq_lens.tolist() == [2, 3] and mb.n_tokens == 5
 

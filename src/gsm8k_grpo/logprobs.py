@@ -19,7 +19,9 @@ from torch.autograd.function import once_differentiable
 def chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
                    temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p(target) [c], entropy [c] (empty unless asked; no grad), log-sum-exp [c]) for a chunk."""
-    logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature   # [c, V]
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()   # [c, V]
+    if temperature != 1.0:  # dividing by 1.0 is exact: skip a pass over [c, V]
+        logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
     entropy = logits.new_zeros(0)
@@ -46,10 +48,15 @@ class ChunkLogprob(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_logp, _grad_entropy):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
-        g = torch.nn.functional.linear(hidden, weight, bias).float().div_(ctx.temperature)  # logits again
+        scaled = ctx.temperature != 1.0  # as in forward: no passes over [c, V] to divide by 1.0
+        g = torch.nn.functional.linear(hidden, weight, bias).float()                        # logits again
+        if scaled:
+            g.div_(ctx.temperature)
         g.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad_logp.unsqueeze(-1))                      # -softmax * dL
         g.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))                  # + onehot * dL
-        g = g.div_(ctx.temperature).to(weight.dtype)                                        # dL/d(xW^T+b)
+        if scaled:
+            g.div_(ctx.temperature)
+        g = g.to(weight.dtype)                                                              # dL/d(xW^T+b)
         grad_hidden = g @ weight if ctx.needs_input_grad[0] else None
         grad_weight = g.t() @ hidden if ctx.needs_input_grad[1] else None
         grad_bias = g.sum(0) if bias is not None and ctx.needs_input_grad[2] else None

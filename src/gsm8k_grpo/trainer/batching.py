@@ -2,8 +2,9 @@
 
 Samples are sorted by length and cut into micro-batches whose padded size
 (samples x longest sequence) stays within ``micro_batch_tokens``; sorting keeps padding small.
-A micro-batch is right-padded; ``loss_mask[b, p]`` marks the positions whose logits predict a
-completion token (position p predicts token p + 1).
+A micro-batch is right-padded; ``positions`` lists the (flattened) positions whose logits predict a
+completion token (position p predicts token p + 1), found here on the CPU so that the trainer's
+device never has to report how many there are.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ class TrainSample:
 @dataclass
 class MicroBatch:
     input_ids: torch.Tensor          # [b, L] long, right-padded: causal attention needs no mask
-    loss_mask: torch.Tensor          # [b, L] bool: position predicts a completion token
-    targets: torch.Tensor            # [b, L] long: the token each position predicts (input shifted left)
+    positions: torch.Tensor          # [T] long: indices into input_ids.flatten() of the positions that
+                                     #   predict a completion token, in row order
+    targets: torch.Tensor            # [T] long: the completion token each of those positions predicts
     seq_lens: torch.Tensor           # [b] completion tokens per sample
     advantages: torch.Tensor         # [T] per completion token, flattened in row order
     engine_logprobs: torch.Tensor    # [T]
@@ -66,11 +68,12 @@ def collate(samples: list[TrainSample], index: list[int], pad_id: int) -> MicroB
         seq = s.prompt_ids + s.completion_ids
         input_ids[r, :len(seq)] = torch.tensor(seq)
         loss_mask[r, len(s.prompt_ids) - 1:len(seq) - 1] = True
-    targets = torch.roll(input_ids, -1, dims=1)
+    positions = loss_mask.flatten().nonzero().squeeze(1)
+    targets = input_ids.flatten()[positions + 1]  # in p's row: a row's last token predicts nothing
     seq_lens = torch.tensor([len(s.completion_ids) for s in rows])
     adv = torch.repeat_interleave(torch.tensor([s.advantage for s in rows], dtype=torch.float32), seq_lens)
     eng = torch.tensor([lp for s in rows for lp in s.engine_logprobs], dtype=torch.float32)
-    return MicroBatch(input_ids, loss_mask, targets, seq_lens, adv, eng, list(index))
+    return MicroBatch(input_ids, positions, targets, seq_lens, adv, eng, list(index))
 
 
 def shard_for_rank(n: int, rank: int, world: int) -> list[int]:

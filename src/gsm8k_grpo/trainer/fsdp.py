@@ -21,8 +21,9 @@ class PolicyModel(nn.Module):
         self.chunk = chunk
         self.temperature = temperature
 
-    def forward(self, input_ids, loss_mask, targets, with_entropy: bool = False):
-        """-> (log-probs [T] of the targets at loss positions, entropy [T] or None).
+    def forward(self, input_ids, positions, targets, with_entropy: bool = False):
+        """input_ids [b, L], positions [T] (indices into the flattened [b * L]), targets [T]
+        -> (log-probs [T] of the targets at those positions, entropy [T] or None).
 
         Rows are right-padded (``batching.collate``), so causal attention alone keeps every real token
         from seeing padding, and no attention mask is passed: SDPA runs plain causal attention. An
@@ -30,8 +31,10 @@ class PolicyModel(nn.Module):
         (pytorch/pytorch#196678; reproduced on H100 and H200 through Qwen2.5's layer-8 attention).
         """
         hidden = self.hf.model(input_ids=input_ids).last_hidden_state   # [b, L, H]; padding rows unused
-        return head_logprobs(hidden[loss_mask], self.hf.get_output_embeddings(), targets[loss_mask],
-                             self.temperature, self.chunk, with_entropy)
+        # index_select, not a boolean mask: a mask's output size is data-dependent, so the host would
+        # wait for the device to count it
+        return head_logprobs(hidden.flatten(0, 1).index_select(0, positions), self.hf.get_output_embeddings(),
+                             targets, self.temperature, self.chunk, with_entropy)
 
 
 def wrap(model: PolicyModel, compute_dtype: torch.dtype) -> PolicyModel:

@@ -22,7 +22,10 @@ update(samples):
      grad norm is finite, else skip the step and say which tensors were not finite).
 Each rank trains samples rank::world of every mini-batch; all ranks run the same number of
 micro-batches (empty ones padded with a zero-weight dummy) so FSDP collectives stay matched.
-Statistics are summed per rank in UpdateStats and all-reduced once, at the end.
+Statistics are summed per rank in UpdateStats and all-reduced once, at the end. The host waits for
+the device once per optimizer step, to read the grad norm (and, with it, the micro-batches' statistics,
+which stay on the device until then); with several ranks also for the micro-batch count. The batches
+go to a GPU from pinned memory, without blocking.
 """
 
 from __future__ import annotations
@@ -85,6 +88,24 @@ class UpdateStats:
     time_train: float = 0.0
     nonfinite_detail: str = ""           # for the log line of a skipped step, not a metric
     first_bad_micro_batch: MicroBatch | None = field(default=None, repr=False)
+    # (field, 0-d device tensor, the micro-batch of a loss) to add at the next settle()
+    pending: list[tuple[str, torch.Tensor, MicroBatch | None]] = field(default_factory=list, repr=False)
+
+    def add(self, name: str, value: torch.Tensor, loss_of: MicroBatch | None = None) -> None:
+        """Add a 0-d device tensor to the summed field `name` at the next settle(): reading it now
+        would make the host wait for the device once per micro-batch."""
+        self.pending.append((name, value, loss_of))
+
+    def settle(self, *also: torch.Tensor) -> list[float]:
+        """Add the pending values to their fields, in the order they came (the same sums as reading each
+        at once) and note the first non-finite loss's micro-batch; -> the values of `also`. One read."""
+        values = torch.stack([v.double() for _, v, _ in self.pending] + [v.double() for v in also]).tolist()
+        for (name, _, loss_of), value in zip(self.pending, values):
+            setattr(self, name, getattr(self, name) + value)
+            if loss_of is not None and not math.isfinite(value) and self.first_bad_micro_batch is None:
+                self.first_bad_micro_batch = loss_of
+        self.pending.clear()
+        return values[len(values) - len(also):]
 
     def all_reduce(self, device: torch.device, world: int) -> None:
         if world == 1:
@@ -163,23 +184,31 @@ class Trainer:
         mine = shard_for_rank(len(samples), self.rank, self.world)
         groups = plan_micro_batches([samples[i].length for i in mine], self.cfg.trainer.micro_batch_tokens)
         batches: list[MicroBatch | None] = [collate(samples, [mine[j] for j in g], self.pad_id) for g in groups]
+        if self.world == 1:  # no other rank to match
+            return batches
         count = torch.tensor([len(batches)], device=self.device)
-        if self.world > 1:
-            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
         return batches + [None] * (int(count) - len(batches))
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A CPU tensor on the training device; to a GPU through pinned memory, so that the copy does
+        not make the host wait for the device (on a CPU: t itself)."""
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _forward(self, model, mb: MicroBatch | None, with_entropy: bool = False):
         if mb is None:  # dummy for collective matching: one token, weight 0
             ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
-            mask = torch.tensor([[True, False]], device=self.device)
-            return model(ids, mask, ids, with_entropy)
-        d = self.device
-        return model(mb.input_ids.to(d), mb.loss_mask.to(d), mb.targets.to(d), with_entropy)
+            return model(ids, torch.zeros(1, dtype=torch.long, device=self.device), ids[0, :1], with_entropy)
+        ids, positions, targets = (self._to_device(t) for t in (mb.input_ids, mb.positions, mb.targets))
+        return model(ids, positions, targets, with_entropy)
 
     @staticmethod
-    def _add_diagnostics(stats: UpdateStats, mb: MicroBatch, logp: torch.Tensor, entropy: torch.Tensor) -> None:
-        stats.entropy_sum += float(entropy.sum())
-        stats.mismatch_sum += float((logp.detach().float().cpu() - mb.engine_logprobs).abs().sum())
+    def _add_diagnostics(stats: UpdateStats, mb: MicroBatch, logp: torch.Tensor, entropy: torch.Tensor,
+                         engine_logp: torch.Tensor) -> None:
+        stats.add("entropy_sum", entropy.sum())
+        stats.add("mismatch_sum", (logp.detach().float() - engine_logp).abs().sum())
         stats.diagnostic_tokens += mb.n_tokens
 
     @torch.no_grad()
@@ -190,9 +219,9 @@ class Trainer:
             logp, entropy = self._forward(self.model, mb, with_entropy=True)
             if mb is None:
                 continue
-            self._add_diagnostics(stats, mb, logp, entropy)
-            for i, piece in zip(mb.index, torch.split(logp.float().cpu(), mb.seq_lens.tolist())):
-                old[i] = piece
+            self._add_diagnostics(stats, mb, logp, entropy, self._to_device(mb.engine_logprobs))
+            for i, piece in zip(mb.index, torch.split(logp.float(), mb.seq_lens.tolist())):
+                old[i] = piece  # stays on the device: the loss reads it there
         return old
 
     # ------------------------------------------------------------------ the update
@@ -233,30 +262,27 @@ class Trainer:
             return
         if old_lp is None:
             old_lp = logp.detach()
-        old_lp = old_lp.to(self.device)
+        engine_logp = self._to_device(mb.engine_logprobs) if diagnostics or off_policy else None
         if diagnostics:
-            self._add_diagnostics(stats, mb, logp, entropy)
-        token_loss, clipped = loss.clipped_pg_loss(logp, old_lp, mb.advantages.to(self.device), algo.clip_low,
-                                                   algo.clip_high)
+            self._add_diagnostics(stats, mb, logp, entropy, engine_logp)
+        advantages = self._to_device(mb.advantages)
+        token_loss, clipped = loss.clipped_pg_loss(logp, old_lp, advantages, algo.clip_low, algo.clip_high)
         if off_policy:
-            weight = loss.behaviour_weights(old_lp, mb.engine_logprobs.to(self.device), algo.offpolicy_weight_cap)
+            weight = loss.behaviour_weights(old_lp, engine_logp, algo.offpolicy_weight_cap)
             token_loss = token_loss * weight
-            stats.behaviour_weight_sum += float(weight.sum())
-            stats.capped_tokens += float((weight >= algo.offpolicy_weight_cap).sum())
+            stats.add("behaviour_weight_sum", weight.sum())
+            stats.add("capped_tokens", (weight >= algo.offpolicy_weight_cap).sum())
         if self.ref is not None:
             with torch.no_grad():
                 ref_lp = self._forward(self.ref, mb)[0]
             kl = loss.kl_k3(logp, ref_lp)
             token_loss = token_loss + algo.kl_coef * kl
-            stats.kl_sum += float(kl.detach().sum())
-        weights = loss.token_weights(mb.seq_lens, algo.loss_agg, totals.tokens, totals.samples).to(self.device)
-        mb_loss = (token_loss * weights).sum()
+            stats.add("kl_sum", kl.detach().sum())
+        weights = loss.token_weights(mb.seq_lens, algo.loss_agg, totals.tokens, totals.samples)
+        mb_loss = (token_loss * self._to_device(weights)).sum()
         (mb_loss * self.world).backward()  # FSDP averages gradients over ranks; the loss is a sum over them
-        value = float(mb_loss.detach())
-        if not math.isfinite(value) and stats.first_bad_micro_batch is None:
-            stats.first_bad_micro_batch = mb
-        stats.loss += value
-        stats.clipped_tokens += float(clipped.sum())
+        stats.add("loss", mb_loss.detach(), loss_of=mb)
+        stats.add("clipped_tokens", clipped.sum())
         stats.tokens += mb.n_tokens
 
     def optimizer_step(self, stats: UpdateStats) -> bool:
@@ -264,7 +290,9 @@ class Trainer:
         params = self.trainable
         # get_total_norm, then clip: a non-finite norm leaves the grads readable for the log line
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # global over ranks
+        # the step's one wait for the device: the norm (global over ranks) decides the step, and the
+        # micro-batches' statistics come with it
+        [grad_norm] = stats.settle(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         stepped = math.isfinite(grad_norm)
         if stepped:
             torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optimizer.max_grad_norm, norm)
