@@ -18,7 +18,9 @@ so compare min and median), nofsdp (the bench's seam, not a setting: no FSDP2 wr
 under torch.autocast(bf16), as TRL runs its policy; on one GPU FSDP2's per-layer hooks are pure
 overhead, and session 10 measured our S update at 3.2x TRL's). Then torch.profiler tables of the top ops at L for base, by
 device time and by self CPU time (DIR/profile_L.txt). Writes DIR/profile_update.json.
-On a CPU (for testing the script) pass --tiny: the smoke preset's 2-layer model, small shapes.
+With --sync-debug (CUDA) the last timed update of each run goes under torch's sync debug mode, and
+`syncs` counts its warnings: how often the host waited for the device in one update (issue 21).
+On a CPU (for testing the script) pass --tiny: the smoke preset's 2-layer model, small shapes (syncs null).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import argparse
 import json
 import statistics
 import time
+import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -71,6 +75,20 @@ def timed(fn, dev, box: list):
     return wrapper
 
 
+@contextmanager
+def counting_syncs(box: list):
+    """Append to box how often the host waited for the GPU inside the block (torch's sync debug mode
+    warns at each wait, backward's included)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    box.append(sum("called a synchronizing" in str(w.message) for w in caught))
+
+
 def use_fused_adamw(tr: Trainer) -> None:
     """Swap in torch's fused AdamW (one kernel for all parameters), same hyperparameters and schedule."""
     o = tr.cfg.optimizer
@@ -93,7 +111,8 @@ def plain_autocast(model, compute_dtype):
     return model
 
 
-def run_variant(cfg, model_dir, dev, shape, steps, prompt, peak, fused: bool = False, nofsdp: bool = False) -> dict:
+def run_variant(cfg, model_dir, dev, shape, steps, prompt, peak, fused: bool = False, nofsdp: bool = False,
+                sync_debug: bool = False) -> dict:
     import gsm8k_grpo.trainer.update as update_mod
 
     b, g, new = shape
@@ -114,12 +133,14 @@ def run_variant(cfg, model_dir, dev, shape, steps, prompt, peak, fused: bool = F
     clip_orig = torch.nn.utils.clip_grads_with_norm_
     torch.nn.utils.clip_grads_with_norm_ = timed(clip_orig, dev, clip_t)
     data = samples(b, g, new, prompt, tr.hf_config.vocab_size)
-    rows = []
+    rows, syncs = [], []
     try:
-        for _ in range(steps):
+        for step in range(steps):
             sync(dev)
             t = time.perf_counter()
-            st = tr.update(data)
+            count = sync_debug and dev.type == "cuda" and step == steps - 1  # the mode is CUDA's alone
+            with counting_syncs(syncs) if count else nullcontext():
+                st = tr.update(data)
             sync(dev)
             rows.append({"time_update": time.perf_counter() - t, "seq_tokens": st.seq_tokens,
                          "optimizer_steps": st.optimizer_steps, "grad_norm": st.grad_norm})
@@ -131,6 +152,7 @@ def run_variant(cfg, model_dir, dev, shape, steps, prompt, peak, fused: bool = F
     med = {k: statistics.median(r[k] for r in keep) for k in ("time_update", "time_optim", "time_clip", "fwd_bwd")}
     med["min_update"], med["max_update"] = min(r["time_update"] for r in keep), max(r["time_update"] for r in keep)
     med["seq_tokens"] = keep[0]["seq_tokens"]
+    med["syncs"] = syncs[0] if syncs else None
     med["mfu"] = 6 * n_params * med["seq_tokens"] / med["time_update"] / peak if peak else None
     med["all_steps_trained"] = all(r["optimizer_steps"] == 1 and r["grad_norm"] > 0 for r in rows)
     med["peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
@@ -172,6 +194,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=120)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--tiny", action="store_true", help="CPU check: a 2-layer model and small shapes")
+    ap.add_argument("--sync-debug", action="store_true",
+                    help="count the host-device syncs of each run's last update (CUDA only)")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -196,13 +220,15 @@ def main() -> None:
                     setattr(getattr(vcfg, sect), field, val)
             med = run_variant(vcfg, model_dir, dev, shape, args.steps, prompt, peak,
                               fused=VARIANTS[name].get("bench.fused_adamw", False),
-                              nofsdp=VARIANTS[name].get("bench.nofsdp", False))
+                              nofsdp=VARIANTS[name].get("bench.nofsdp", False), sync_debug=args.sync_debug)
             med.update(variant=name, shape=shape_name, b=shape[0], g=shape[1], new_tokens=shape[2])
             result["runs"].append(med)
             mfu = f"{med['mfu']:.1%}" if med["mfu"] else "-"
+            syncs = f"  syncs {med['syncs']}" if med["syncs"] is not None else ""
             print(f"[{name:8s} {shape_name}] update {med['time_update']:.3f}s ({med['min_update']:.3f}-"
                   f"{med['max_update']:.3f}) optim {med['time_optim']:.3f}s clip {med['time_clip']:.3f}s "
-                  f"fwd+bwd {med['fwd_bwd']:.3f}s  MFU {mfu}  trained every step: {med['all_steps_trained']}",
+                  f"fwd+bwd {med['fwd_bwd']:.3f}s  MFU {mfu}  trained every step: {med['all_steps_trained']}"
+                  f"{syncs}",
                   flush=True)
             (out / "profile_update.json").write_text(json.dumps(result, indent=1))
     profile(cfg, model_dir, dev, shapes["L"], prompt, out / "profile_L.txt")
