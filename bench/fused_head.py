@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from gsm8k_grpo.logprobs import input_grads
+
 
 def logits_fp32(hidden: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
     """hidden @ weight.T (+ bias) as fp32: written as fp32 by the matmul on CUDA, cast on the CPU."""
@@ -74,10 +76,7 @@ class FusedChunkLogprob(torch.autograd.Function):
         z = logits_fp32(hidden, weight, bias)
         g = fused_grad(z, lse, grad_logp, targets, 1.0 / ctx.temperature, weight.dtype)
         del z
-        grad_hidden = g @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = g.t() @ hidden if ctx.needs_input_grad[1] else None
-        grad_bias = g.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return input_grads(ctx, g, hidden, weight, bias)
 
 
 def install() -> None:

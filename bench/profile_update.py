@@ -16,7 +16,8 @@ larger micro-batches), compile (trainer.compile=true: each decoder layer's forwa
 torch.compile; its first steps include compile time, and a new micro-batch shape can recompile,
 so compare min and median), nofsdp (the bench's seam, not a setting: no FSDP2 wrapping, the fp32 model
 under torch.autocast(bf16), as TRL runs its policy; on one GPU FSDP2's per-layer hooks are pure
-overhead, and session 10 measured our S update at 3.2x TRL's). Then torch.profiler tables of the top ops at L for base, by
+overhead, and session 10 measured our S update at 3.2x TRL's), fusedhead (the bench's seam, not a
+setting: bench/fused_head.py's log-prob head, fp32-output matmul and one fused gradient kernel). Then torch.profiler tables of the top ops at L for base, by
 device time and by self CPU time (DIR/profile_L.txt). Writes DIR/profile_update.json.
 With --sync-debug (CUDA) the last timed update of each run goes under torch's sync debug mode, and
 `syncs` counts its warnings: how often the host waited for the device in one update (issue 21).
@@ -45,7 +46,8 @@ from gsm8k_grpo.trainer.update import Trainer
 SHAPES = {"S": (8, 2, 256), "L": (8, 8, 512)}
 TINY_SHAPES = {"S": (2, 2, 16), "L": (4, 2, 32)}
 VARIANTS = {"base": {}, "fused": {"bench.fused_adamw": True}, "micro32k": {"trainer.micro_batch_tokens": 32768},
-            "compile": {"trainer.compile": True}, "nofsdp": {"bench.nofsdp": True}}
+            "compile": {"trainer.compile": True}, "nofsdp": {"bench.nofsdp": True},
+            "fusedhead": {"bench.fused_head": True}}
 
 
 def samples(b: int, g: int, new: int, prompt: int, vocab: int) -> list[TrainSample]:
@@ -95,6 +97,15 @@ def use_fused_adamw(tr: Trainer) -> None:
     tr.optimizer = torch.optim.AdamW(tr.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                      weight_decay=o.weight_decay, fused=True)
     tr.scheduler = torch.optim.lr_scheduler.LambdaLR(tr.optimizer, tr.scheduler.lr_lambdas[0])
+
+
+def use_fused_head():
+    """fusedhead: bench/fused_head.py's FusedChunkLogprob under head_logprobs; -> a function that undoes it."""
+    import gsm8k_grpo.logprobs as lp
+    from fused_head import FusedChunkLogprob  # beside this script
+
+    old, lp.ChunkLogprob = lp.ChunkLogprob, FusedChunkLogprob
+    return lambda: setattr(lp, "ChunkLogprob", old)
 
 
 def plain_autocast(model, compute_dtype):
@@ -218,9 +229,14 @@ def main() -> None:
                 sect, field = key.split(".")
                 if sect != "bench":
                     setattr(getattr(vcfg, sect), field, val)
-            med = run_variant(vcfg, model_dir, dev, shape, args.steps, prompt, peak,
-                              fused=VARIANTS[name].get("bench.fused_adamw", False),
-                              nofsdp=VARIANTS[name].get("bench.nofsdp", False), sync_debug=args.sync_debug)
+            undo = use_fused_head() if VARIANTS[name].get("bench.fused_head") else None
+            try:
+                med = run_variant(vcfg, model_dir, dev, shape, args.steps, prompt, peak,
+                                  fused=VARIANTS[name].get("bench.fused_adamw", False),
+                                  nofsdp=VARIANTS[name].get("bench.nofsdp", False), sync_debug=args.sync_debug)
+            finally:
+                if undo:
+                    undo()
             med.update(variant=name, shape=shape_name, b=shape[0], g=shape[1], new_tokens=shape[2])
             result["runs"].append(med)
             mfu = f"{med['mfu']:.1%}" if med["mfu"] else "-"

@@ -56,11 +56,15 @@ class ChunkLogprob(torch.autograd.Function):
         g.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))                  # + onehot * dL
         if scaled:
             g.div_(ctx.temperature)
-        g = g.to(weight.dtype)                                                              # dL/d(xW^T+b)
-        grad_hidden = g @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = g.t() @ hidden if ctx.needs_input_grad[1] else None
-        grad_bias = g.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return input_grads(ctx, g.to(weight.dtype), hidden, weight, bias)                  # dL/d(xW^T+b)
+
+
+def input_grads(ctx, g: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias) -> tuple:
+    """A chunk head's backward from g = dL/d(hidden @ weight.T + bias): the grads of its six inputs."""
+    grad_hidden = g @ weight if ctx.needs_input_grad[0] else None
+    grad_weight = g.t() @ hidden if ctx.needs_input_grad[1] else None
+    grad_bias = g.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+    return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, temperature: float,
