@@ -51,11 +51,14 @@ def fused_grad(z, lse, grad_logp, targets, inv_t, dtype):
 
 
 class FusedChunkLogprob(torch.autograd.Function):
-    """ChunkLogprob's contract: (hidden [c, H], weight [V, H], bias | None, targets [c], T, with_entropy)
-    -> (logp [c], entropy); saves no [c, V] tensor between forward and backward."""
+    """ChunkLogprob's contract: (hidden [c, H], weight [V, H], bias | None, targets [c], T, with_entropy,
+    entropy_grad) -> (logp [c], entropy); saves no [c, V] tensor between forward and backward. Without
+    the entropy's gradient (entropy_grad must be False)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy):
+    def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy, entropy_grad):
+        if entropy_grad:
+            raise NotImplementedError("the fused head has no entropy gradient (algorithm.entropy_coef > 0)")
         z = logits_fp32(hidden, weight, bias)
         if temperature != 1.0:
             z.div_(temperature)

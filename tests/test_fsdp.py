@@ -291,7 +291,7 @@ def test_chunk_logprob_backward_equals_autograd(bias, temperature):
     results = []
     for fn in (_plain_autograd_chunk, ChunkLogprob.apply):
         xs = [x.clone().requires_grad_(True) if x is not None else None for x in leaves]
-        logp, ent = fn(xs[0], xs[1], xs[2], targets, temperature, True)
+        logp, ent = fn(xs[0], xs[1], xs[2], targets, temperature, True, False)
         (logp * upstream).sum().backward()
         results.append((logp.detach(), ent, [x.grad for x in xs if x is not None]))
     (lp_a, ent_a, grads_a), (lp_b, ent_b, grads_b) = results
@@ -303,11 +303,73 @@ def test_chunk_logprob_backward_equals_autograd(bias, temperature):
         torch.testing.assert_close(gb, ga)
 
 
-def _plain_autograd_chunk(*args):
-    """The oracle for ChunkLogprob: chunk_logprobs under plain autograd (keeps the [c, V] logits)."""
+def _plain_autograd_chunk(hidden, weight, bias, targets, temperature, with_entropy, entropy_grad):
+    """The oracle for ChunkLogprob: plain autograd (keeps the [c, V] logits); the entropy with its
+    gradient when entropy_grad, else chunk_logprobs' gradient-free one."""
     from gsm8k_grpo.logprobs import chunk_logprobs
 
-    return chunk_logprobs(*args)[:2]
+    if not entropy_grad:
+        return chunk_logprobs(hidden, weight, bias, targets, temperature, with_entropy)[:2]
+    logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    return logp, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunk_logprob_entropy_gradient_equals_autograd(temperature):
+    """With entropy_grad (algorithm.entropy_coef > 0) the hand-written backward adds d H / d z =
+    -p (log p + H): the grads of a loss on log-probs and entropies both are autograd's."""
+    from gsm8k_grpo.logprobs import ChunkLogprob
+
+    g = torch.Generator().manual_seed(1)
+    c, hdim, vocab = 29, 16, 50
+    leaves = [torch.randn(c, hdim, generator=g, dtype=torch.float64),
+              torch.randn(vocab, hdim, generator=g, dtype=torch.float64), torch.randn(vocab, generator=g, dtype=torch.float64)]
+    targets = torch.randint(0, vocab, (c,), generator=g)
+    up_logp, up_ent = torch.randn(c, generator=g, dtype=torch.float64), torch.randn(c, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (_plain_autograd_chunk, ChunkLogprob.apply):
+        xs = [x.clone().requires_grad_(True) for x in leaves]
+        logp, ent = fn(xs[0], xs[1], xs[2], targets, temperature, False, True)
+        assert ent.requires_grad
+        (logp * up_logp + ent * up_ent).sum().backward()
+        results.append((logp.detach(), ent.detach(), [x.grad for x in xs]))
+    (lp_a, ent_a, grads_a), (lp_b, ent_b, grads_b) = results
+    torch.testing.assert_close(lp_b, lp_a)
+    torch.testing.assert_close(ent_b, ent_a, rtol=1e-5, atol=1e-6)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6)
+    # and the entropy's part is really there: without it the grads differ
+    xs = [x.clone().requires_grad_(True) for x in leaves]
+    logp, _ = ChunkLogprob.apply(xs[0], xs[1], xs[2], targets, temperature, False, False)
+    (logp * up_logp).sum().backward()
+    assert not torch.allclose(xs[0].grad, grads_b[0], rtol=1e-3)
+
+
+def test_the_entropy_bonus_trains_like_plain_autograd(tiny_model_dir, tmp_path, one_process, monkeypatch):
+    """algorithm.entropy_coef through the whole update: the same loss, grad norm and weights as with plain
+    autograd's entropy in the head; and the bonus changes the update."""
+    from gsm8k_grpo import logprobs
+
+    settings = {"algorithm.entropy_coef": 20.0, "trainer.logprob_chunk": 16}  # large: the tiny model is near uniform
+    out = {}
+    for impl in ("oracle", "custom"):
+        if impl == "oracle":
+            monkeypatch.setattr(logprobs.ChunkLogprob, "apply", _plain_autograd_chunk)
+        else:
+            monkeypatch.undo()
+        tr, st, weights = _updated(tiny_model_dir, tmp_path, settings, seed=0)
+        out[impl] = (st["loss"], st["grad_norm"], weights)
+    (la, ga, wa), (lb, gb, wb) = out["oracle"], out["custom"]
+    assert lb == pytest.approx(la, rel=1e-5) and gb == pytest.approx(ga, rel=1e-4) and ga > 0
+    # Adam's first step is about lr x sign(grad): where a gradient is ~0, fp32 rounding may flip the sign
+    differ = sum(int((~torch.isclose(wb[n], w, rtol=1e-5, atol=1e-7)).sum()) for n, w in wa.items())
+    total = sum(w.numel() for w in wa.values())
+    assert differ < 0.01 * total
+    _, st0, w0 = _updated(tiny_model_dir, tmp_path, {"trainer.logprob_chunk": 16}, seed=0)
+    assert st0["grad_norm"] != pytest.approx(gb, rel=1e-6)  # small: near uniform, d H / d z is near 0
+    assert any(not torch.allclose(w0[n], wb[n]) for n in w0)
 
 
 def test_head_trains_like_plain_autograd_under_activation_checkpointing(tiny_model_dir, tmp_path, one_process,

@@ -33,7 +33,7 @@ def test_the_fused_head_gives_chunk_logprobs_numbers(bias, temperature, dtype):
     results = []
     for fn in (ChunkLogprob.apply, fused.apply):
         xs = [x.clone().requires_grad_(True) if x is not None else None for x in leaves]
-        logp, ent = fn(xs[0], xs[1], xs[2], targets, temperature, True)
+        logp, ent = fn(xs[0], xs[1], xs[2], targets, temperature, True, False)
         (logp * upstream.to(logp.dtype)).sum().backward()
         results.append((logp.detach(), ent, [x.grad for x in xs if x is not None]))
     (lp_a, ent_a, grads_a), (lp_b, ent_b, grads_b) = results

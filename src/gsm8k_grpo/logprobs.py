@@ -8,6 +8,9 @@ positions is a ``ChunkLogprob`` autograd function whose forward keeps only the c
 states and log-sum-exp, and whose backward recomputes the logits once and forms the gradient in
 place in one fp32 [chunk, V] buffer. (tests/test_fsdp.py keeps plain autograd under activation
 checkpointing as the oracle: the same numbers, more passes over [chunk, V].)
+The entropy H = lse(z) - sum_v p_v z_v is a diagnostic without gradient, unless ``entropy_grad``
+(algorithm.entropy_coef > 0): then d H / d z_v = -p_v (log p_v + H), formed in the same backward with a
+second [chunk, V] buffer.
 """
 
 from __future__ import annotations
@@ -32,27 +35,36 @@ def chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: to
 
 
 class ChunkLogprob(torch.autograd.Function):
-    """(hidden [c, H], weight [V, H], bias [V] | None, targets [c], T, with_entropy) -> (logp [c], entropy).
+    """(hidden [c, H], weight [V, H], bias [V] | None, targets [c], T, with_entropy, entropy_grad)
+    -> (logp [c], entropy: empty unless with_entropy; differentiable only with entropy_grad).
 
     Saves no [c, V] tensor between forward and backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy):
-        logp, entropy, lse = chunk_logprobs(hidden, weight, bias, targets, temperature, with_entropy)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+    def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy, entropy_grad):
+        logp, entropy, lse = chunk_logprobs(hidden, weight, bias, targets, temperature,
+                                            with_entropy or entropy_grad)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy if entropy_grad else None)
         ctx.temperature = temperature
-        ctx.mark_non_differentiable(entropy)
+        if not entropy_grad:
+            ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_logp, _grad_entropy):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
         scaled = ctx.temperature != 1.0  # as in forward: no passes over [c, V] to divide by 1.0
         g = torch.nn.functional.linear(hidden, weight, bias).float()                        # logits again
         if scaled:
             g.div_(ctx.temperature)
-        g.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad_logp.unsqueeze(-1))                      # -softmax * dL
+        g.sub_(lse.unsqueeze(-1))                                                            # log p
+        if entropy is None:
+            g.exp_().mul_(-grad_logp.unsqueeze(-1))                                          # -softmax * dL
+        else:  # -p * (dL + dH * (log p + H))
+            coef = (g + entropy.unsqueeze(-1)).mul_(grad_entropy.unsqueeze(-1)).add_(grad_logp.unsqueeze(-1))
+            g.exp_().mul_(coef.neg_())
+            del coef
         g.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))                  # + onehot * dL
         if scaled:
             g.div_(ctx.temperature)
@@ -60,21 +72,24 @@ class ChunkLogprob(torch.autograd.Function):
 
 
 def input_grads(ctx, g: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias) -> tuple:
-    """A chunk head's backward from g = dL/d(hidden @ weight.T + bias): the grads of its six inputs."""
+    """A chunk head's backward from g = dL/d(hidden @ weight.T + bias): the grads of its seven inputs."""
     grad_hidden = g @ weight if ctx.needs_input_grad[0] else None
     grad_weight = g.t() @ hidden if ctx.needs_input_grad[1] else None
     grad_bias = g.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
-    return grad_hidden, grad_weight, grad_bias, None, None, None
+    return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, temperature: float,
-                  chunk: int, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """hidden [T, H], targets [T] -> (log p(target) [T] fp32, entropy [T] or None), chunk positions at a time."""
+                  chunk: int, with_entropy: bool = False,
+                  entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """hidden [T, H], targets [T] -> (log p(target) [T] fp32, entropy [T] or None), chunk positions at a time.
+    entropy_grad: the entropy carries its gradient (an entropy term in the loss)."""
     out, entropies = [], []
+    with_entropy = with_entropy or entropy_grad
     for i in range(0, hidden.shape[0], chunk):
         args = (hidden[i:i + chunk], head.weight, head.bias, targets[i:i + chunk], temperature, with_entropy)
         if torch.is_grad_enabled():
-            logp, entropy = ChunkLogprob.apply(*args)
+            logp, entropy = ChunkLogprob.apply(*args, entropy_grad)
         else:
             logp, entropy, _ = chunk_logprobs(*args)
         out.append(logp)

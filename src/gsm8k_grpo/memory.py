@@ -6,7 +6,8 @@ Estimates in bytes; h hidden size, L layers, I intermediate size, V vocab, b = 2
              + b · params with algorithm.kl_coef > 0       the reference model
              + 1.13 · T · L · (10h + 4I) · b              activations of one micro-batch of T tokens
                (1.13 · T · (L·h + 10h + 4I) · b           with gradient checkpointing: layer inputs only)
-             + C · V · (b + 8)                            one log-prob chunk of C tokens (logits, fp32 grad)
+             + C · V · (b + 8)                            one log-prob chunk of C tokens (logits, fp32 grad;
+                                                          + 4 with algorithm.entropy_coef > 0)
                (or, when larger, 4 · trained params        AdamW's foreach step: a full-size temporary)
              = allocated, then · 1.15 + 1.2 GiB          the caching allocator's slack, the CUDA context and
                                                           workspaces: the trainer process as nvidia-smi sees it
@@ -143,7 +144,8 @@ def estimate(mc: dict, cfg, card_bytes: float, shared: bool, trainer_gpus: int =
     per_tok_layer = (10 * h + 4 * inter) * b
     tokens = t.micro_batch_tokens
     saved = (layers * h * b + per_tok_layer) if t.grad_checkpointing else layers * per_tok_layer
-    act = ACT_CALIBRATION * tokens * saved + min(t.logprob_chunk, tokens) * vocab * (b + 8)
+    head = b + 8 + (4 if cfg.algorithm.entropy_coef > 0 else 0)  # the entropy term's second fp32 buffer
+    act = ACT_CALIBRATION * tokens * saved + min(t.logprob_chunk, tokens) * vocab * head
     lora = getattr(cfg, "lora", None)
     if lora is not None and lora.rank:
         state = (4 * params + 16 * lora_params(mc, lora)) / max(1, trainer_gpus)

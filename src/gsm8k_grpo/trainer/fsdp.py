@@ -21,7 +21,7 @@ class PolicyModel(nn.Module):
         self.chunk = chunk
         self.temperature = temperature
 
-    def forward(self, input_ids, positions, targets, with_entropy: bool = False):
+    def forward(self, input_ids, positions, targets, with_entropy: bool = False, entropy_grad: bool = False):
         """input_ids [b, L], positions [T] (indices into the flattened [b * L]), targets [T]
         -> (log-probs [T] of the targets at those positions, entropy [T] or None).
 
@@ -34,7 +34,7 @@ class PolicyModel(nn.Module):
         # index_select, not a boolean mask: a mask's output size is data-dependent, so the host would
         # wait for the device to count it
         return head_logprobs(hidden.flatten(0, 1).index_select(0, positions), self.hf.get_output_embeddings(),
-                             targets, self.temperature, self.chunk, with_entropy)
+                             targets, self.temperature, self.chunk, with_entropy, entropy_grad)
 
 
 def wrap(model: PolicyModel, compute_dtype: torch.dtype) -> PolicyModel:

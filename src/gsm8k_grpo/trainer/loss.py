@@ -6,6 +6,7 @@ For a group of G samples of one prompt with rewards r_1..r_G:
 Per completion token t of sample i, with ratio rho = exp(logp_new - logp_old):
     l_t = -min(rho * A_i, clip(rho, 1 - clip_low, 1 + clip_high) * A_i)      (PPO clip, "clip-higher")
         + kl_coef * k3(logp_new, logp_ref),  k3 = exp(ref - new) - (ref - new) - 1
+        - entropy_coef * H_t                 (H_t the policy's entropy at t; update.py, logprobs.py)
 When logp_old is the same forward's log-probs (one epoch, one mini-batch: what the presets run),
 rho = 1, the clip is inactive and d l_t = -A_i * d logp_new: REINFORCE with these advantages.
 Off-policy samples (rollout.overlap, on by default with SGLang: drawn by the policy one update older, pi_b), decoupled PPO

@@ -197,17 +197,18 @@ class Trainer:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    def _forward(self, model, mb: MicroBatch | None, with_entropy: bool = False):
+    def _forward(self, model, mb: MicroBatch | None, with_entropy: bool = False, entropy_grad: bool = False):
         if mb is None:  # dummy for collective matching: one token, weight 0
             ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
-            return model(ids, torch.zeros(1, dtype=torch.long, device=self.device), ids[0, :1], with_entropy)
+            return model(ids, torch.zeros(1, dtype=torch.long, device=self.device), ids[0, :1], with_entropy,
+                         entropy_grad)
         ids, positions, targets = (self._to_device(t) for t in (mb.input_ids, mb.positions, mb.targets))
-        return model(ids, positions, targets, with_entropy)
+        return model(ids, positions, targets, with_entropy, entropy_grad)
 
     @staticmethod
     def _add_diagnostics(stats: UpdateStats, mb: MicroBatch, logp: torch.Tensor, entropy: torch.Tensor,
                          engine_logp: torch.Tensor) -> None:
-        stats.add("entropy_sum", entropy.sum())
+        stats.add("entropy_sum", entropy.detach().sum())
         stats.add("mismatch_sum", (logp.detach().float() - engine_logp).abs().sum())
         stats.diagnostic_tokens += mb.n_tokens
 
@@ -256,7 +257,8 @@ class Trainer:
                    off_policy: bool, stats: UpdateStats, diagnostics: bool = False) -> None:
         """Forward, loss and backward of one micro-batch; old_lp None = this forward's own, detached."""
         algo = self.cfg.algorithm
-        logp, entropy = self._forward(self.model, mb, with_entropy=diagnostics)
+        bonus = algo.entropy_coef > 0
+        logp, entropy = self._forward(self.model, mb, with_entropy=diagnostics, entropy_grad=bonus)
         if mb is None:
             (logp.sum() * 0.0).backward()  # the collectives of a real micro-batch, no gradient
             return
@@ -278,6 +280,8 @@ class Trainer:
             kl = loss.kl_k3(logp, ref_lp)
             token_loss = token_loss + algo.kl_coef * kl
             stats.add("kl_sum", kl.detach().sum())
+        if bonus:  # the entropy term, with its gradient (logprobs.ChunkLogprob)
+            token_loss = token_loss - algo.entropy_coef * entropy
         weights = loss.token_weights(mb.seq_lens, algo.loss_agg, totals.tokens, totals.samples)
         mb_loss = (token_loss * self._to_device(weights)).sum()
         (mb_loss * self.world).backward()  # FSDP averages gradients over ranks; the loss is a sum over them
