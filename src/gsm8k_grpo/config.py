@@ -101,8 +101,9 @@ class AlgorithmConfig(_Strict):
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the initial policy; 0 = no reference model (DAPO, "
                            "Dr.GRPO: the term mostly costs a reference model's memory and time)")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus: each token's loss less entropy_coef x the "
-                                "policy's entropy there (with its gradient), aggregated like the policy loss; 0 = "
-                                "none (DAPO, Dr.GRPO; verl's default). Costs a second [chunk, vocab] buffer")
+                                "policy's entropy there (with its gradient), aggregated like the policy loss and not "
+                                "weighted off-policy; 0 = none (DAPO, Dr.GRPO; verl's default). Costs a second "
+                                "[chunk, vocab] buffer")
     filter_groups: bool = Field(True, description="drop groups whose rewards are all equal (zero advantage, no signal)")
     ppo_epochs: int = Field(1, ge=1)
     reward_mode: Literal["strict", "lenient"] = Field(

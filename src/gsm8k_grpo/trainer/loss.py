@@ -11,8 +11,9 @@ When logp_old is the same forward's log-probs (one epoch, one mini-batch: what t
 rho = 1, the clip is inactive and d l_t = -A_i * d logp_new: REINFORCE with these advantages.
 Off-policy samples (rollout.overlap, on by default with SGLang: drawn by the policy one update older, pi_b), decoupled PPO
 (Hilton et al. 2021, as in AReaL): the ratio rho is taken against the trainer's own log-probs
-before the update (the proximal policy), and l_t is multiplied by the truncated, gradient-free
-behaviour weight  min(pi_prox / pi_b, cap)  (see behaviour_weights).
+before the update (the proximal policy), and the policy-gradient term of l_t (not the KL or entropy
+terms) is multiplied by the truncated, gradient-free behaviour weight  min(pi_prox / pi_b, cap)  (see
+behaviour_weights).
 Aggregation over a mini-batch (weights w_t, see token_weights):
     "token"    (DAPO): sum_t l_t / (all completion tokens of the mini-batch)
     "sequence" (GRPO): sum_i mean_t(l_t) / (samples of the mini-batch)

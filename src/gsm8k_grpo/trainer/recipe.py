@@ -479,14 +479,14 @@ def describe_update(cfg: RunConfig) -> str:
     else:
         what = "on-policy policy gradient (REINFORCE; ratio 1, so the clip never engages)"
     extra = "; one step off-policy, weighted by pi_trainer/pi_rollout" if cfg.rollout.overlap else ""
-    kl = f"; KL {algo.kl_coef:g}" if algo.kl_coef else ""
-    kl += f"; entropy bonus {algo.entropy_coef:g}" if algo.entropy_coef else ""
+    terms = f"; KL {algo.kl_coef:g}" if algo.kl_coef else ""
+    terms += f"; entropy bonus {algo.entropy_coef:g}" if algo.entropy_coef else ""
     if algo.oversample > 1:
         extra += (f"; dynamic sampling: {cfg.prompts_per_step} prompts generated, the first {t.batch_size} groups "
                   "with signal trained")
     if algo.skip_no_signal:
         extra += "; a question whose last group had no signal is swapped for one without that record"
-    return f"{what}, {adv} advantages, {agg}{kl}{extra}"
+    return f"{what}, {adv} advantages, {agg}{terms}{extra}"
 
 
 def run(cfg: RunConfig, *, restart: bool = False, force: bool = False,

@@ -5,10 +5,12 @@ the training forward's own, detached. So ratio = exp(logp - old_logp) = 1 exactl
 engages (clip_frac 0), and the gradient is REINFORCE with group-normalised advantages, averaged over
 all completion tokens of the batch (DAPO's token-level mean):
     grad = -(1 / N_tokens) * sum_i A_i * sum_t grad log pi(y_it)
+(with algorithm.entropy_coef > 0 also - entropy_coef * (1 / N_tokens) * sum_it grad H_it, the policy's
+entropy at each token; with algorithm.kl_coef > 0 the k3 KL term's gradient)
 With the SGLang engine rollout.overlap is on by default (RunConfig.with_engine; not with the memory saver): every
 batch after the first was generated during the previous update, one update old, and each token's
-loss above is also weighted by min(pi_trainer / pi_rollout, algorithm.offpolicy_weight_cap) (decoupled
-PPO, trainer/loss.py). With the in-process HF engine (the CPU path) or rollout.overlap=false the batch
+policy-gradient loss above is also weighted by min(pi_trainer / pi_rollout, algorithm.offpolicy_weight_cap)
+(decoupled PPO, trainer/loss.py; the KL and entropy terms are not). With the in-process HF engine (the CPU path) or rollout.overlap=false the batch
 comes from the trainer's current weights and there is no such weight.
 The clip engages only when the weights move between taking old_logp and the loss: from the second
 mini-batch of a step (trainer.mini_batch_size < trainer.batch_size) or in a second epoch
@@ -24,8 +26,9 @@ Each rank trains samples rank::world of every mini-batch; all ranks run the same
 micro-batches (empty ones padded with a zero-weight dummy) so FSDP collectives stay matched.
 Statistics are summed per rank in UpdateStats and all-reduced once, at the end. The host waits for
 the device once per optimizer step, to read the grad norm (and, with it, the micro-batches' statistics,
-which stay on the device until then); with several ranks also for the micro-batch count. The batches
-go to a GPU from pinned memory, without blocking.
+which stay on the device until then); with several ranks also for the micro-batch count; on a GPU
+also once after a separate old-log-prob pass, to time it. The batches go to a GPU from pinned memory,
+without blocking.
 """
 
 from __future__ import annotations
@@ -99,7 +102,10 @@ class UpdateStats:
     def settle(self, *also: torch.Tensor) -> list[float]:
         """Add the pending values to their fields, in the order they came (the same sums as reading each
         at once) and note the first non-finite loss's micro-batch; -> the values of `also`. One read."""
-        values = torch.stack([v.double() for _, v, _ in self.pending] + [v.double() for v in also]).tolist()
+        # on the pending values' device: a norm over no gradients is a CPU tensor
+        device = self.pending[0][1].device if self.pending else None
+        values = torch.stack([v.double() for _, v, _ in self.pending]
+                             + [v.double().to(device) if device is not None else v.double() for v in also]).tolist()
         for (name, _, loss_of), value in zip(self.pending, values):
             setattr(self, name, getattr(self, name) + value)
             if loss_of is not None and not math.isfinite(value) and self.first_bad_micro_batch is None:
@@ -239,6 +245,8 @@ class Trainer:
         stats = UpdateStats(samples=len(samples), old_logprob_pass=not reuse, off_policy=off_policy,
                             lr=self.scheduler.get_last_lr()[0])
         old = {} if reuse else self.old_logprobs(samples, stats)
+        if not reuse and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the pass queues its work without waiting: time it done
         stats.time_logprob = time.perf_counter() - t0
         for _ in range(algo.ppo_epochs):
             for start in range(0, len(samples), mini_size):
