@@ -459,3 +459,23 @@ def test_failed_push_on_rank0_releases_the_other_ranks(tmp_path, fail):
     else:
         assert r0 == "ValueError: boom"
         assert r1 == "TransportError: the weight push on rank 0 failed: ValueError: boom"
+
+
+def test_the_kl_term_runs_against_the_initial_policy(tiny_model_dir, tmp_path, one_process):
+    """algorithm.kl_coef: a frozen reference forward on the same device batch. The first update starts at the
+    reference (KL 0); the second sees a positive KL, and the term changes that update."""
+    from gsm8k_grpo.trainer.update import Trainer
+
+    out = {}
+    for coef in (0.0, 0.5):
+        cfg = _cfg(str(tmp_path), "token").model_copy(deep=True)
+        cfg.algorithm.kl_coef = coef
+        torch.manual_seed(0)
+        tr = Trainer(cfg, str(tiny_model_dir), torch.device("cpu"), total_steps=2, pad_id=0)
+        assert (tr.ref is not None) == (coef > 0)
+        first, second = tr.update(_samples()).metrics(), tr.update(_samples()).metrics()
+        out[coef] = (first, second)
+    (f0, s0), (f1, s1) = out[0.0], out[0.5]
+    assert f1["kl"] == 0.0 and s1["kl"] > 0 and s0["kl"] == 0.0
+    assert f1["grad_norm"] == pytest.approx(f0["grad_norm"], rel=1e-6)  # at the reference the term's gradient is 0
+    assert s1["grad_norm"] != pytest.approx(s0["grad_norm"], rel=1e-6)

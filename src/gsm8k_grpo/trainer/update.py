@@ -203,13 +203,18 @@ class Trainer:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    def _forward(self, model, mb: MicroBatch | None, with_entropy: bool = False, entropy_grad: bool = False):
-        if mb is None:  # dummy for collective matching: one token, weight 0
+    def _inputs(self, mb: MicroBatch | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, positions, targets) of a micro-batch on the device; None: the dummy for collective
+        matching (one token, weight 0)."""
+        if mb is None:
             ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=self.device)
-            return model(ids, torch.zeros(1, dtype=torch.long, device=self.device), ids[0, :1], with_entropy,
-                         entropy_grad)
-        ids, positions, targets = (self._to_device(t) for t in (mb.input_ids, mb.positions, mb.targets))
-        return model(ids, positions, targets, with_entropy, entropy_grad)
+            return ids, torch.zeros(1, dtype=torch.long, device=self.device), ids[0, :1]
+        return tuple(self._to_device(t) for t in (mb.input_ids, mb.positions, mb.targets))
+
+    def _forward(self, model, mb: MicroBatch | None, with_entropy: bool = False, entropy_grad: bool = False,
+                 inputs: tuple | None = None):
+        """(log-probs, entropy) of a micro-batch; inputs: its _inputs(), when already on the device."""
+        return model(*(inputs or self._inputs(mb)), with_entropy, entropy_grad)
 
     @staticmethod
     def _add_diagnostics(stats: UpdateStats, mb: MicroBatch, logp: torch.Tensor, entropy: torch.Tensor,
@@ -266,7 +271,8 @@ class Trainer:
         """Forward, loss and backward of one micro-batch; old_lp None = this forward's own, detached."""
         algo = self.cfg.algorithm
         bonus = algo.entropy_coef > 0
-        logp, entropy = self._forward(self.model, mb, with_entropy=diagnostics, entropy_grad=bonus)
+        inputs = self._inputs(mb)
+        logp, entropy = self._forward(self.model, mb, with_entropy=diagnostics, entropy_grad=bonus, inputs=inputs)
         if mb is None:
             (logp.sum() * 0.0).backward()  # the collectives of a real micro-batch, no gradient
             return
@@ -284,7 +290,7 @@ class Trainer:
             stats.add("capped_tokens", (weight >= algo.offpolicy_weight_cap).sum())
         if self.ref is not None:
             with torch.no_grad():
-                ref_lp = self._forward(self.ref, mb)[0]
+                ref_lp = self._forward(self.ref, mb, inputs=inputs)[0]  # the same batch, already on the device
             kl = loss.kl_k3(logp, ref_lp)
             token_loss = token_loss + algo.kl_coef * kl
             stats.add("kl_sum", kl.detach().sum())
