@@ -7,7 +7,8 @@
 #                                         only (vllm_env.sh installs them later, inside the chain)
 #   bash bench/device/alone.sh wait SECS  until the chain is done or SECS pass; packs $OUT/alone.tgz
 #
-# The chain, one after another (each step's start and end in $A/timeline.txt):
+# The chain, one step after another (ALONE_STEPS, below; each step's start and end in $A/timeline.txt);
+# session 12's, the default:
 #   1. bench/profile_update.py --variants base,fusedhead,compile --sync-debug   (nothing else runs)
 #   2. ours at L, then at S: bench/device/variants.sh VARIANTS=base (the default: overlap on)
 #      (meanwhile, in the background: vllm_env.sh joins and installs the vLLM parts once all are staged)
@@ -21,32 +22,61 @@ stamp() { echo "$(date +%s) $(date -u +%H:%M:%S) $*" >> "$A/timeline.txt"; }
 
 case "${1:-}" in
 start)
-  cat > "$A/chain.sh" <<EOF
-cd "$PWD"
-source bench/device/env.sh
-stamp() { echo "\$(date +%s) \$(date -u +%H:%M:%S) \$*" >> "$A/timeline.txt"; }
+  # what the chain runs, in this order (the TRL runs always last, after ours): ALONE_STEPS, from
+  #   profile   bench/profile_update.py --variants $PROFILE_VARIANTS --sync-debug
+  #   ours-L    bench/device/variants.sh at L with VARIANTS=$OURS_VARIANTS (default base), STEPS=$OURS_STEPS
+#             (default 10), BUDGET=$OURS_BUDGET (default 300 s a variant)
+  #   ours-S    the same at S
+  #   trl-L     bench/trl_vllm_colocate.py --shapes L (needs the vLLM parts: `alone.sh stage` calls)
+  #   trl-S     the same at S
+  STEPS_=${ALONE_STEPS:-profile ours-L ours-S trl-L}
+  first=${STEPS_%% *}
+  {
+    echo "cd \"$PWD\""
+    echo "source bench/device/env.sh"
+    echo "stamp() { echo \"\$(date +%s) \$(date -u +%H:%M:%S) \$*\" >> \"$A/timeline.txt\"; }"
+    for st in $STEPS_; do
+      case $st in
+        profile) cat <<EOF
 stamp profile start
-python bench/profile_update.py --out "$A/profile" --variants base,fusedhead,compile --sync-debug > "$A/profile.log" 2>&1
+python bench/profile_update.py --out "$A/profile" --variants ${PROFILE_VARIANTS:-base,fusedhead,compile} --sync-debug > "$A/profile.log" 2>&1
 stamp profile end rc=\$?
+EOF
+        ;;
+        ours-L|ours-S) cat <<EOF
+stamp $st start
+OUT="$A/${st/-/_}" SHAPE=${st#ours-} VARIANTS="${OURS_VARIANTS:-base}" STEPS=${OURS_STEPS:-10} BUDGET=${OURS_BUDGET:-$((300 * $(wc -w <<< "${OURS_VARIANTS:-base}")))} bash bench/device/variants.sh > "$A/${st/-/_}.log" 2>&1
+stamp $st end rc=\$?
+EOF
+        ;;
+        trl-L|trl-S) ;;
+        *) echo "alone.sh: unknown step $st (valid: profile ours-L ours-S trl-L trl-S)" >&2; exit 2 ;;
+      esac
+      # the vLLM install, in the background once its parts are staged, after the first step (so that
+      # the first step runs alone) and beside the next ones (ours, never TRL's)
+      if [ "$st" = "$first" ] && [[ " $STEPS_ " == *" trl-"* ]]; then cat <<EOF
 ( t=0; until [ -f /tmp/vwh/.staged-all ] || [ \$t -ge 900 ]; do sleep 2; t=\$((t + 2)); done
   stamp vllm-install start
   ( source bench/device/vllm_env.sh ) > "$A/vllm_install.log" 2>&1
   stamp vllm-install end rc=\$?; touch "$A/vllm.ready" ) &
-for S in L S; do
-  stamp ours-\$S start
-  OUT="$A/ours_\$S" SHAPE=\$S VARIANTS=base STEPS=10 BUDGET=300 bash bench/device/variants.sh > "$A/ours_\$S.log" 2>&1
-  stamp ours-\$S end rc=\$?
-done
-wait
-stamp trl-L start
-( source bench/device/vllm_env.sh && python bench/trl_vllm_colocate.py --shapes L --budget-s 300 \
-    --out "$A/trl_vllm_L.json" ) > "$A/trl_vllm_L.log" 2>&1
-stamp trl-L end rc=\$?
-touch "$A/done"
 EOF
+      fi
+    done
+    echo "wait"
+    for st in $STEPS_; do
+      case $st in trl-L|trl-S) cat <<EOF
+stamp $st start
+( source bench/device/vllm_env.sh && python bench/trl_vllm_colocate.py --shapes ${st#trl-} --budget-s 300 \\
+    --out "$A/trl_vllm_${st#trl-}.json" ) > "$A/trl_vllm_${st#trl-}.log" 2>&1
+stamp $st end rc=\$?
+EOF
+      esac
+    done
+    echo "touch \"$A/done\""
+  } > "$A/chain.sh"
   stamp chain start
   setsid bash "$A/chain.sh" > "$A/chain.log" 2>&1 < /dev/null &
-  echo "[alone] chain started: $A/chain.sh"
+  echo "[alone] chain started: $A/chain.sh ($STEPS_)"
   ;;
 stage)
   mkdir -p /tmp/vwh

@@ -12,6 +12,8 @@
 #            with the trainer capped at trainer.gpu_memory_fraction=0.25 (of 80 GB: must not OOM)
 #   saver    rollout.enable_memory_saver=true (SGLang releases its memory during the update)
 #   overlap  rollout.overlap=true (the next batch is generated during the update)
+#   compile  trainer.compile=true (torch.compile of each decoder layer; grpo train's micro-batches change length
+#            every step, so its recompiles count here, unlike in bench/profile_update.py's fixed shapes)
 #   idle     SGLang's --sleep-on-idle (its idle scheduler otherwise spins one CPU thread at 100 %; the
 #            update is launch-bound, bench/results/2026-11-27-h100-variants.md, so CPU may matter)
 # A variant is started only while BUDGET (default 540) seconds minus MIN_LEFT (default 150) remain.
@@ -34,6 +36,7 @@ declare -A SETS=(
   [fit24]="rollout.mem_fraction=0.08 trainer.micro_batch_tokens=4096 trainer.gpu_memory_fraction=0.25"
   [saver]="rollout.enable_memory_saver=true"
   [overlap]="rollout.overlap=true"
+  [compile]="trainer.compile=true"
   [idle]="rollout.server_args=[--attention-backend,triton,--sampling-backend,pytorch,--grammar-backend,none,--sleep-on-idle]"
 )
 for V in ${VARIANTS:-base fit24 saver overlap}; do
