@@ -278,3 +278,25 @@ def test_model_and_data_from_an_unreachable_hub_fail(tmp_path, monkeypatch):
     assert "model.path=DIR" in m.fix and "data.path=DIR" in d.fix
     ctx.hub = lambda: (True, "reachable")
     assert run.check_model(ctx).detail == "someorg/not-cached-model is not cached; grpo train will download it"
+
+
+def test_memory_plan_leaves_what_other_processes_hold(tmp_path):
+    """A consumer card also holds a desktop's memory: grpo train and doctor plan for the card less what
+    other processes hold when they start (memory.usable_bytes), not for its whole size. An otherwise
+    idle card keeps its whole size (this process's own context is in the estimate already)."""
+    cfg = build_config(preset="1hour", overrides=["rollout.engine=sglang", "model.path=builtin:qwen2.5-0.5b-instruct",
+                                                  "model.random_init=true"])
+    from gsm8k_grpo.doctor import base, run
+
+    def check(free_gib):
+        ctx = base.Context(cfg=cfg, run_dir=tmp_path, quick=True, cuda=True,
+                           gpus=[base.Gpu(0, "Fake 24 GB card", 24 * 2**30, int(free_gib * 2**30), (8, 9))])
+        ctx.placement = __import__("gsm8k_grpo.placement", fromlist=["plan"]).plan(1, 1, "sglang", "auto")
+        return run.check_memory(ctx)
+
+    idle = check(23.6)  # only this process's CUDA context
+    assert idle.status == "ok" and "of 24.0 GiB" in idle.detail and "held by other" not in idle.detail
+    busy = check(19.0)  # a desktop and a browser hold 5 GiB: the plan is for 19.5 GiB
+    assert "of 19.5 GiB" in busy.detail and "4.5 GiB of it held by other processes" in busy.detail
+    full = check(12.0)  # what is left cannot hold full fine-tuning: refused, with what to change
+    assert full.status == "fail" and "does not fit" in full.detail and "lora.rank" in full.fix

@@ -251,8 +251,8 @@ def test_an_absolute_server_pool_is_estimated_as_such(qwen):
 
 
 def test_the_recipe_applies_the_limit_and_refuses_before_loading(monkeypatch):
-    """Recipe._fit_memory, the GPU-only step of setup, on this CPU host: the card size and the
-    allocator cap are the only GPU calls, and they are stood in for (an H200's 139.8 GiB)."""
+    """Recipe._fit_memory, the GPU-only step of setup, on this CPU host: the card size, its free memory
+    and the allocator cap are the only GPU calls, and they are stood in for (an H200's 139.8 GiB)."""
     import types
 
     import torch
@@ -261,8 +261,9 @@ def test_the_recipe_applies_the_limit_and_refuses_before_loading(monkeypatch):
     from gsm8k_grpo.modeling import load_config
     from gsm8k_grpo.trainer.recipe import Recipe
 
-    caps = []
+    caps, free = [], [H200 - GIB // 2]  # mem_get_info's free: only this process's context is taken
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(total_memory=H200))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (free[0], H200))
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: caps.append(f))
     mc = load_config(assets.resolve("builtin:qwen2.5-0.5b-instruct"), {})
 
@@ -282,6 +283,11 @@ def test_the_recipe_applies_the_limit_and_refuses_before_loading(monkeypatch):
     assert "\n" not in str(e.value) and len(caps) == 1  # refused before any cap (or model) was set
     plain = fit()  # no limit, a big card: nothing changes, no cap
     assert plain == cfg_of() and len(caps) == 1
+    free[0] = 12 * GIB  # other processes hold the rest of the card: the plan is for what they leave
+    with pytest.raises(ConfigError) as e:
+        fit()
+    assert "does not fit this 140 GiB GPU (127.3 GiB of it held by other processes); set lora.rank=16" in str(e.value)
+    assert len(caps) == 1
 
 
 def test_the_users_own_server_pool_and_flags_are_kept_under_a_limit(qwen):
@@ -338,3 +344,12 @@ def test_the_readme_smallest_cards_are_the_plans(qwen, preset):
         assert memory.card_plan(qwen, cfg, gib * GIB, "sglang")[0] == "fits", (preset, sets, gib)
         smaller = sizes[sizes.index(gib) - 1]
         assert memory.card_plan(qwen, cfg, smaller * GIB, "sglang")[0] != "fits", (preset, sets, smaller)
+
+
+def test_usable_bytes_leaves_only_what_others_hold():
+    gib = memory.GIB
+    assert memory.usable_bytes(24 * gib, None) == 24 * gib  # no reading: the whole card
+    assert memory.usable_bytes(24 * gib, 24 * gib - memory.OWN_CONTEXT // 2) == 24 * gib  # never above the card
+    assert memory.usable_bytes(24 * gib, 20 * gib) == 20 * gib + memory.OWN_CONTEXT
+    assert memory.held_by_others(24 * gib, 24 * gib) == ""
+    assert memory.held_by_others(24 * gib, 20 * gib) == "4.0 GiB of it held by other processes"

@@ -67,6 +67,7 @@ ACT_CALIBRATION = 1.13
 SERVER_OVERHEAD = int(3.5 * GIB)   # SGLang beyond weights + KV pool over a whole run (docstring)
 LORA_SERVER_EXTRA = int(0.5 * GIB)  # and 0.5 GiB more beside a LoRA trainer, measured, not explained (docstring)
 CONTEXT = int(1.2 * GIB)     # the trainer process beyond torch's allocator: CUDA context, cuBLAS workspaces
+OWN_CONTEXT = int(0.5 * GIB)  # of CONTEXT, what the process already holds when it plans (usable_bytes)
 FRAGMENTATION = 0.15         # the caching allocator holds this much above its peak allocation
 PROMPT_TOKENS = 256        # GSM8K prompts with the chat template stay below this
 MIN_MEM_FRACTION = 0.08
@@ -75,6 +76,19 @@ MIN_LOGPROB_CHUNK = 256
 FIT_SHARE = 0.95  # of the card: the estimate now models the process overheads (CONTEXT, FRAGMENTATION)
 SMALL_CARD = 35 * GIB          # SGLang's own default decode graph batch is 8 below 20 GiB, 24 below 35 GiB
 LIMITED_STATIC_FRACTION = 0.9  # with --max-total-tokens: only so that SGLang's profile passes on a shared card
+
+
+def usable_bytes(total: int, free: int | None) -> int:
+    """The memory a run may plan for on a card: all of it but what other processes hold when the run
+    starts (a desktop or a browser on a consumer card, another job). `free` is torch.cuda.mem_get_info's,
+    read once this process has its CUDA context (about OWN_CONTEXT, which CONTEXT counts again): an
+    otherwise idle card gives its total, so only memory that others hold shrinks the plan."""
+    return total if free is None else min(total, free + OWN_CONTEXT)
+
+
+def held_by_others(total: int, usable: int) -> str:
+    """'X GiB of it held by other processes' when they hold any of the card (usable_bytes), else ''."""
+    return f"{(total - usable) / GIB:.1f} GiB of it held by other processes" if total - usable >= 0.05 * GIB else ""
 
 
 def estimate_params(c: dict) -> int:

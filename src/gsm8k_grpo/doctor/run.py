@@ -214,7 +214,8 @@ def check_memory(ctx: Context) -> Check:
     shared = engine == "sglang" and trainer_gpus[0] in server_gpus
     ranks = int(os.environ.get("WORLD_SIZE", 1))  # trainer processes: 1 unless doctor runs under torchrun
     limit = memory.parse_size(c.trainer.gpu_memory_limit) if c.trainer.gpu_memory_limit else None
-    card = min(g.total, limit) if limit else g.total   # grpo train plans for the limit, as here
+    usable = memory.usable_bytes(g.total, g.free)  # grpo train plans for this (or the limit), as here
+    card = min(usable, limit) if limit else usable
     fitted, changes, est = memory.fit(mc, c, card, shared, ranks, c.trainer.dtype != "fp32")
     hf_engine = memory.hf_engine_bytes(params, c, engine)
     budget = min(card, g.free) if g.free is not None else card
@@ -222,7 +223,8 @@ def check_memory(ctx: Context) -> Check:
     if limit:
         detail += f" (trainer.gpu_memory_limit={c.trainer.gpu_memory_limit})"
     if g.free is not None:
-        detail += f" ({gib(g.free)} free)"
+        others = memory.held_by_others(g.total, usable)
+        detail += f" ({gib(g.free)} free{'; ' + others if others else ''})"
     if changes:
         detail += "; grpo train will set " + ", ".join(changes)
     if not shared and server_gpus:

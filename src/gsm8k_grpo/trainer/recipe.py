@@ -249,9 +249,12 @@ class Recipe:
         p = self.placement
         shared = self.engine_kind == "sglang" and p is not None and self.device.index in p.server_gpus
         card = torch.cuda.get_device_properties(self.device).total_memory
+        usable = memory.usable_bytes(card, torch.cuda.mem_get_info(self.device)[0])  # less what others hold
         limit = self.cfg.trainer.gpu_memory_limit
-        plan = min(card, memory.parse_size(limit)) if limit else card
-        what = f"trainer.gpu_memory_limit={limit} of this GPU" if limit else f"this {card / memory.GIB:.0f} GiB GPU"
+        plan = min(usable, memory.parse_size(limit)) if limit else usable
+        others = memory.held_by_others(card, usable)
+        what = (f"trainer.gpu_memory_limit={limit} of this GPU" if limit and plan < usable
+                else f"this {card / memory.GIB:.0f} GiB GPU") + (f" ({others})" if others else "")
         bf16 = self.cfg.trainer.dtype != "fp32"
         mc = model_config.to_dict()
         cfg, changes, est = memory.fit(mc, self.cfg, plan, shared, self.world, bf16)
