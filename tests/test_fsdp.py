@@ -337,9 +337,11 @@ def test_chunk_logprob_entropy_gradient_equals_autograd(temperature):
         results.append((logp.detach(), ent.detach(), [x.grad for x in xs]))
     (lp_a, ent_a, grads_a), (lp_b, ent_b, grads_b) = results
     torch.testing.assert_close(lp_b, lp_a)
-    torch.testing.assert_close(ent_b, ent_a, rtol=1e-5, atol=1e-6)
+    # the head computes in fp32 whatever the leaves' dtype, and the CPU's vector width changes its
+    # summation order: one gradient element of 464 differed by 4.5e-6 on one machine and not on another
+    torch.testing.assert_close(ent_b, ent_a, rtol=1e-5, atol=1e-5)
     for ga, gb in zip(grads_a, grads_b):
-        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=2e-5)
     # and the entropy's part is really there: without it the grads differ
     xs = [x.clone().requires_grad_(True) for x in leaves]
     logp, _ = ChunkLogprob.apply(xs[0], xs[1], xs[2], targets, temperature, False, False)
