@@ -422,6 +422,44 @@ def test_compiled_layers_train_the_same(tiny_model_dir, tmp_path, one_process):
         torch.testing.assert_close(wb[n], w, rtol=1e-3, atol=1e-4)
 
 
+def _of_lengths(lengths: list[int], seed: int) -> list[TrainSample]:
+    """Samples of these total lengths (3 prompt tokens each)."""
+    g = torch.Generator().manual_seed(seed)
+    return [TrainSample(torch.randint(5, 15, (3,), generator=g).tolist(),
+                        torch.randint(5, 15, (n - 3,), generator=g).tolist(), [1.0, -1.0][i % 2], [-2.0] * (n - 3))
+            for i, n in enumerate(lengths)]
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler (inductor)")
+def test_compiled_layers_do_not_recompile_per_length(tiny_model_dir, tmp_path, one_process):
+    """trainer.compile's dynamic shapes: micro-batches of new lengths and row counts reuse the layer
+    graphs. Dynamo specialises a size of 1, so one graph serves rows >= 2 and one a single row; both
+    layers share them, and the backward comes with each graph (AOT autograd), not as a frame of its
+    own. Were a length to recompile (seconds each on a GPU; after 8, dynamo leaves the layer eager),
+    the count would grow with every update (seen with dynamic=False: 2, 4, 7, 8)."""
+    from torch._dynamo.utils import counters
+
+    from gsm8k_grpo.trainer.update import Trainer
+
+    torch._dynamo.reset()  # no graphs from earlier tests
+    counters.clear()
+    cfg = _cfg(str(tmp_path), "token")
+    cfg.trainer.compile = True
+    tr = Trainer(cfg, str(tiny_model_dir), torch.device("cpu"), total_steps=4, pad_id=0)
+    updates = [[12, 12, 10, 10], [8, 8, 8, 7, 7, 6], [20, 16, 14], [18, 11, 11, 9, 9, 5]]
+    shapes, graphs = [], []
+    for seed, lengths in enumerate(updates):
+        samples = _of_lengths(lengths, seed)
+        shapes.append([tuple(mb.input_ids.shape) for mb in tr._micro_batches(samples)])
+        tr.update(samples)
+        graphs.append(counters["stats"]["unique_graphs"])
+    # the micro-batches (rows, width) under the 24-token budget: every update brings new widths
+    assert shapes == [[(2, 12), (2, 10)], [(3, 8), (3, 7)], [(1, 20), (1, 16), (1, 14)],
+                      [(1, 18), (2, 11), (2, 9), (1, 5)]]
+    assert graphs == [1, 1, 2, 2]  # both layers one graph; a single row one more; then no new ones
+    assert not counters["graph_break"]
+
+
 def _push_worker(rank: int, world: int, port: int, tmp: str, fail: bool) -> None:
     import datetime
 

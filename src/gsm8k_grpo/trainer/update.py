@@ -166,7 +166,10 @@ class Trainer:
         self.hf_config = hf.config
         # The forward only: FSDP's hooks and the parameter names stay as they are. With use_cache off
         # (above) all layers share one graph; with a KV cache each layer recompiled, and dynamo's
-        # limit of 8 left the rest eager.
+        # limit of 8 left the rest eager. New lengths and row counts reuse the graphs: one for >= 2 rows
+        # and one for a single row (dynamo specialises 1), times the kinds of call: training, the
+        # no-grad old-logprob pass, and with LoRA layer 0's training (its input needs no grad). 2 by
+        # default, 6 at most (test_compiled_layers_do_not_recompile_per_length counts the 2).
         if cfg.trainer.compile:
             for layer in hf.model.layers:
                 layer.forward = torch.compile(layer.forward, dynamic=True)
