@@ -422,6 +422,29 @@ def test_compiled_layers_train_the_same(tiny_model_dir, tmp_path, one_process):
         torch.testing.assert_close(wb[n], w, rtol=1e-3, atol=1e-4)
 
 
+def test_compile_leaves_checkpointing_on(tiny_model_dir, tmp_path, one_process, monkeypatch, caplog):
+    """trainer.compile with trainer.grad_checkpointing (which the memory plan turns on for small cards):
+    the layers stay eager and checkpointed, with a warning. A compiled instance forward would bypass
+    transformers' checkpointing, which lives in the outermost layer class's forward (FSDP2's subclass):
+    with a pass-through in place of torch.compile, the update made no checkpoint call at all."""
+    import torch.utils.checkpoint
+
+    from gsm8k_grpo.trainer.update import Trainer
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: fn)  # what the guard must not rely on: no compiler
+    for compiled in (False, True):
+        cfg = _cfg(str(tmp_path / str(compiled)), "token", grad_checkpointing=True, compile=compiled)
+        tr = Trainer(cfg, str(tiny_model_dir), torch.device("cpu"), total_steps=1, pad_id=0)
+        calls = []
+        for layer in tr.model.hf.model.layers:  # transformers' per-layer checkpoint function, counted
+            assert "forward" not in vars(layer)  # left eager
+            real = layer._gradient_checkpointing_func
+            layer._gradient_checkpointing_func = lambda *a, real=real, **k: calls.append(1) or real(*a, **k)
+        tr.update(_of_lengths([12, 12, 10, 10], 0))
+        assert len(calls) >= len(tr.model.hf.model.layers)  # every layer checkpointed
+    assert "trainer.compile is off for this run" in caplog.text
+
+
 def _of_lengths(lengths: list[int], seed: int) -> list[TrainSample]:
     """Samples of these total lengths (3 prompt tokens each)."""
     g = torch.Generator().manual_seed(seed)

@@ -165,7 +165,8 @@ class TrainerConfig(_Strict):
     micro_batch_tokens: int = Field(16384, ge=8, description="token budget (padded) of one forward/backward")
     grad_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile each decoder layer's forward (dynamic shapes; "
-                          "first steps pay the compile time)")
+                          "first steps pay the compile time); off, with a warning, while grad_checkpointing is "
+                          "on, whose recomputation the compiled layers would skip")
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="compute dtype: auto = bf16 on GPU, fp32 on CPU")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     logprob_chunk: int = Field(1024, ge=16, description="tokens per lm_head/log-softmax chunk")

@@ -33,6 +33,7 @@ without blocking.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -47,6 +48,8 @@ from gsm8k_grpo.config import RunConfig
 from gsm8k_grpo.trainer import loss
 from gsm8k_grpo.trainer.batching import MicroBatch, TrainSample, collate, plan_micro_batches, shard_for_rank
 from gsm8k_grpo.trainer.fsdp import PolicyModel, full_named_tensors, wrap
+
+log = logging.getLogger("gsm8k_grpo")
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -170,7 +173,13 @@ class Trainer:
         # and one for a single row (dynamo specialises 1), times the kinds of call: training, the
         # no-grad old-logprob pass, and with LoRA layer 0's training (its input needs no grad). 2 by
         # default, 6 at most (test_compiled_layers_do_not_recompile_per_length counts the 2).
-        if cfg.trainer.compile:
+        # Not with gradient checkpointing: transformers checkpoints in the class-level forward of the
+        # outermost layer class (FSDP2's subclass), and an instance's compiled forward bypasses it, so
+        # the layers would keep their activations unnoticed (test_compile_leaves_checkpointing_on).
+        if cfg.trainer.compile and cfg.trainer.grad_checkpointing:
+            log.warning("trainer.compile is off for this run: trainer.grad_checkpointing is on (set by you or "
+                        "by the memory plan), and the compiled layers would skip its recomputation")
+        elif cfg.trainer.compile:
             for layer in hf.model.layers:
                 layer.forward = torch.compile(layer.forward, dynamic=True)
         self.model = wrap(PolicyModel(hf, cfg.trainer.logprob_chunk, cfg.rollout.temperature), self.compute_dtype)
