@@ -15,6 +15,8 @@ import torch.multiprocessing as mp
 
 from gsm8k_grpo.trainer.batching import TrainSample
 
+NO_CXX = not (shutil.which("c++") or shutil.which("g++"))  # inductor compiles C++ on the CPU
+
 
 def _samples() -> list[TrainSample]:
     g = torch.Generator().manual_seed(0)
@@ -403,7 +405,7 @@ def test_head_trains_like_plain_autograd_under_activation_checkpointing(tiny_mod
         torch.testing.assert_close(wb[n], w, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler (inductor)")
+@pytest.mark.skipif(NO_CXX, reason="torch.compile on the CPU needs a C++ compiler (inductor)")
 def test_compiled_layers_train_the_same(tiny_model_dir, tmp_path, one_process):
     """trainer.compile: the same loss, grad norm and weights as eager (the speed is a GPU question:
     bench/profile_update.py)."""
@@ -453,7 +455,7 @@ def _of_lengths(lengths: list[int], seed: int) -> list[TrainSample]:
             for i, n in enumerate(lengths)]
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler (inductor)")
+@pytest.mark.skipif(NO_CXX, reason="torch.compile on the CPU needs a C++ compiler (inductor)")
 def test_compiled_layers_do_not_recompile_per_length(tiny_model_dir, tmp_path, one_process):
     """trainer.compile's dynamic shapes: micro-batches of new lengths and row counts reuse the layer
     graphs. Dynamo specialises a size of 1, so one graph serves rows >= 2 and one a single row; both

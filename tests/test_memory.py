@@ -261,15 +261,15 @@ def test_the_recipe_applies_the_limit_and_refuses_before_loading(monkeypatch):
     from gsm8k_grpo.modeling import load_config
     from gsm8k_grpo.trainer.recipe import Recipe
 
-    caps, free = [], [H200 - GIB // 2]  # mem_get_info's free: only this process's context is taken
+    caps, free = [], [H200 - GIB // 2]  # mem_get_info's free at start: only this process's context is taken
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(total_memory=H200))
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (free[0], H200))
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: caps.append(f))
     mc = load_config(assets.resolve("builtin:qwen2.5-0.5b-instruct"), {})
 
     def fit(*sets):
         me = types.SimpleNamespace(cfg=cfg_of(*sets), placement=types.SimpleNamespace(server_gpus=[0]),
-                                   engine_kind="sglang", device=types.SimpleNamespace(index=0), world=1)
+                                   engine_kind="sglang", device=types.SimpleNamespace(index=0), world=1,
+                                   free_at_start=free[0])
         return Recipe._fit_memory(me, mc)
 
     cfg = fit("trainer.gpu_memory_limit=12GiB", "lora.rank=16")
@@ -284,10 +284,12 @@ def test_the_recipe_applies_the_limit_and_refuses_before_loading(monkeypatch):
     plain = fit()  # no limit, a big card: nothing changes, no cap
     assert plain == cfg_of() and len(caps) == 1
     free[0] = 12 * GIB  # other processes hold the rest of the card: the plan is for what they leave
-    with pytest.raises(ConfigError) as e:
-        fit()
-    assert "does not fit this 140 GiB GPU (127.3 GiB of it held by other processes); set lora.rank=16" in str(e.value)
-    assert len(caps) == 1
+    for sets in [(), ("trainer.gpu_memory_limit=24GiB",)]:  # a limit above what is left changes nothing
+        with pytest.raises(ConfigError) as e:
+            fit(*sets)
+        msg = str(e.value)
+        assert "does not fit this 140 GiB GPU (127.3 GiB of it held by other processes); set lora.rank=16" in msg
+        assert msg.endswith("; or free what other processes hold on the GPU") and len(caps) == 1
 
 
 def test_the_users_own_server_pool_and_flags_are_kept_under_a_limit(qwen):

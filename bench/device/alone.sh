@@ -30,7 +30,7 @@ start)
   #   trl-L     bench/trl_vllm_colocate.py --shapes L (needs the vLLM parts: `alone.sh stage` calls)
   #   trl-S     the same at S
   STEPS_=${ALONE_STEPS:-profile ours-L ours-S trl-L}
-  first=${STEPS_%% *}
+  set -- $STEPS_; first=${1:-}
   {
     echo "cd \"$PWD\""
     echo "source bench/device/env.sh"
@@ -81,6 +81,7 @@ EOF
 stage)
   mkdir -p /tmp/vwh
   for d in .whl/vllm/p[0-9][0-9]; do [ -f "$d/MANIFEST" ] && cp "$d"/* /tmp/vwh/ && echo "[alone] staged ${d##*/}"; done
+  [ -f /tmp/vwh/MANIFEST ] || { echo "[alone] no vLLM part here: carry .whl/vllm/pNN in this call" >&2; exit 1; }
   missing=$(awk '$1=="file"{print $5}' /tmp/vwh/MANIFEST | while read -r n; do [ -f "/tmp/vwh/$n" ] || echo "$n"; done)
   if [ -z "$missing" ]; then touch /tmp/vwh/.staged-all; echo "[alone] every vLLM part is staged"; fi
   ;;

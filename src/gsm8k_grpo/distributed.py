@@ -71,3 +71,14 @@ def broadcast_object(obj, world: int):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_objects(obj, world: int) -> list:
+    """Every rank's obj, in rank order, on every rank (a collective when world > 1)."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out

@@ -218,7 +218,7 @@ def check_memory(ctx: Context) -> Check:
     card = min(usable, limit) if limit else usable
     fitted, changes, est = memory.fit(mc, c, card, shared, ranks, c.trainer.dtype != "fp32")
     hf_engine = memory.hf_engine_bytes(params, c, engine)
-    budget = min(card, g.free) if g.free is not None else card
+    budget = card  # the card less what other processes hold already (usable_bytes), or the limit
     detail = f"{pre}: {memory.describe(est, card)}{' + HF engine' if hf_engine else ''} on GPU {g.index}"
     if limit:
         detail += f" (trainer.gpu_memory_limit={c.trainer.gpu_memory_limit})"

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from gsm8k_grpo import metrics
 from gsm8k_grpo.config import ConfigError, RunConfig, to_yaml
 from gsm8k_grpo.data import gsm8k, prompts
-from gsm8k_grpo.distributed import broadcast_object, init_distributed
+from gsm8k_grpo.distributed import broadcast_object, gather_objects, init_distributed
 from gsm8k_grpo.errors import InputError
 from gsm8k_grpo.modeling import (count_params, load_config, load_generation_config, load_tokenizer, materialize,
                                  resolve_model_dir)
@@ -182,6 +182,8 @@ class Recipe:
         torch.cuda.set_device(index)
         if self.cfg.trainer.gpu_memory_fraction:
             torch.cuda.set_per_process_memory_fraction(self.cfg.trainer.gpu_memory_fraction, index)
+        # what other processes leave of the card, read now: later, NCCL's buffers would count as theirs
+        self.free_at_start = torch.cuda.mem_get_info(index)[0]
         return torch.device("cuda", index)
 
     def _prepare_run_dir(self) -> Path | None:
@@ -249,7 +251,9 @@ class Recipe:
         p = self.placement
         shared = self.engine_kind == "sglang" and p is not None and self.device.index in p.server_gpus
         card = torch.cuda.get_device_properties(self.device).total_memory
-        usable = memory.usable_bytes(card, torch.cuda.mem_get_info(self.device)[0])  # less what others hold
+        usable = memory.usable_bytes(card, self.free_at_start)  # less what other processes hold
+        # every trainer process plans for the card with the least left (rank 0 fits, the others follow)
+        card, usable = min(gather_objects((card, usable), self.world), key=lambda cu: cu[1])
         limit = self.cfg.trainer.gpu_memory_limit
         plan = min(usable, memory.parse_size(limit)) if limit else usable
         others = memory.held_by_others(card, usable)
@@ -263,7 +267,8 @@ class Recipe:
             log.info("memory plan for %s: %s", what, "; ".join(changes))
         verdict = memory.verdict(est, plan)
         if verdict == "no":
-            raise ConfigError(memory.refusal(est, plan, cfg, what, mc))
+            raise ConfigError(memory.refusal(est, plan, cfg, what, mc)
+                              + ("; or free what other processes hold on the GPU" if others else ""))
         if verdict == "tight":
             log.warning("memory: %s: tight for %s (the estimate is approximate); if it runs out, lower "
                         "trainer.micro_batch_tokens or set trainer.grad_checkpointing=true", memory.describe(est, plan),
