@@ -252,6 +252,8 @@ class Recipe:
         shared = self.engine_kind == "sglang" and p is not None and self.device.index in p.server_gpus
         card = torch.cuda.get_device_properties(self.device).total_memory
         usable = memory.usable_bytes(card, self.free_at_start)  # less what other processes hold
+        log.info("GPU %s: %.1f GiB, %.2f GiB free at start", self.device.index, card / memory.GIB,
+                 self.free_at_start / memory.GIB)  # what usable_bytes read, for checking OWN_CONTEXT
         # every trainer process plans for the card with the least left (rank 0 fits, the others follow)
         card, usable = min(gather_objects((card, usable), self.world), key=lambda cu: cu[1])
         limit = self.cfg.trainer.gpu_memory_limit
