@@ -86,6 +86,13 @@ def usable_bytes(total: int, free: int | None) -> int:
     return total if free is None else min(total, free + OWN_CONTEXT)
 
 
+def plan_bytes(total: int, free: int | None, limit: int | None) -> tuple[int, int]:
+    """(usable, plan) for a card: what other processes leave of it (usable_bytes), and what a run plans
+    for: that, or trainer.gpu_memory_limit when smaller. grpo train and grpo doctor both ask here."""
+    usable = usable_bytes(total, free)
+    return usable, (min(usable, limit) if limit else usable)
+
+
 def held_by_others(total: int, usable: int) -> str:
     """'X GiB of it held by other processes' when they hold any of the card (usable_bytes), else ''."""
     return f"{(total - usable) / GIB:.1f} GiB of it held by other processes" if total - usable >= 0.05 * GIB else ""

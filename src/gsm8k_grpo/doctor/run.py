@@ -214,8 +214,7 @@ def check_memory(ctx: Context) -> Check:
     shared = engine == "sglang" and trainer_gpus[0] in server_gpus
     ranks = int(os.environ.get("WORLD_SIZE", 1))  # trainer processes: 1 unless doctor runs under torchrun
     limit = memory.parse_size(c.trainer.gpu_memory_limit) if c.trainer.gpu_memory_limit else None
-    usable = memory.usable_bytes(g.total, g.free)  # grpo train plans for this (or the limit), as here
-    card = min(usable, limit) if limit else usable
+    usable, card = memory.plan_bytes(g.total, g.free, limit)  # what grpo train plans for, as here
     fitted, changes, est = memory.fit(mc, c, card, shared, ranks, c.trainer.dtype != "fp32")
     hf_engine = memory.hf_engine_bytes(params, c, engine)
     budget = card  # the card less what other processes hold already (usable_bytes), or the limit

@@ -250,14 +250,14 @@ class Recipe:
 
         p = self.placement
         shared = self.engine_kind == "sglang" and p is not None and self.device.index in p.server_gpus
-        card = torch.cuda.get_device_properties(self.device).total_memory
-        usable = memory.usable_bytes(card, self.free_at_start)  # less what other processes hold
-        log.info("GPU %s: %.1f GiB, %.2f GiB free at start", self.device.index, card / memory.GIB,
-                 self.free_at_start / memory.GIB)  # what usable_bytes read, for checking OWN_CONTEXT
+        own_card = torch.cuda.get_device_properties(self.device).total_memory
+        log.info("GPU %s: %.1f GiB, %.2f GiB free at start", self.device.index, own_card / memory.GIB,
+                 self.free_at_start / memory.GIB)  # what usable_bytes reads, for checking OWN_CONTEXT
         # every trainer process plans for the card with the least left (rank 0 fits, the others follow)
-        card, usable = min(gather_objects((card, usable), self.world), key=lambda cu: cu[1])
+        card, free = min(gather_objects((own_card, self.free_at_start), self.world),
+                         key=lambda cf: memory.usable_bytes(*cf))
         limit = self.cfg.trainer.gpu_memory_limit
-        plan = min(usable, memory.parse_size(limit)) if limit else usable
+        usable, plan = memory.plan_bytes(card, free, memory.parse_size(limit) if limit else None)
         others = memory.held_by_others(card, usable)
         what = (f"trainer.gpu_memory_limit={limit} of this GPU" if limit and plan < usable
                 else f"this {card / memory.GIB:.0f} GiB GPU") + (f" ({others})" if others else "")
@@ -280,7 +280,7 @@ class Recipe:
             cfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={
                 "server_args": list(cfg.rollout.server_args) + graphs})})
         if limit:
-            cfg, caps = memory.cap(mc, cfg, card, plan, est, shared)
+            cfg, caps = memory.cap(mc, cfg, own_card, plan, est, shared)  # a fraction of this process's GPU
             torch.cuda.set_per_process_memory_fraction(caps.trainer_fraction, self.device)
             log.info("memory limit %s: trainer allocator capped at %.1f GiB%s", limit, caps.trainer_bytes / memory.GIB,
                      f"; SGLang's KV pool {caps.kv_tokens} tokens (--max-total-tokens; --mem-fraction-static "
