@@ -30,6 +30,10 @@ case ${SHAPE:-L} in
   *) echo "SHAPE must be S or L, not ${SHAPE}"; exit 2 ;;
 esac
 mkdir -p "$ROOT/runs" "$ROOT/files"
+# the data by its absolute path: a later call's tree sync removes the .carry link that env.sh made, and
+# a chain started in an earlier call (alone.sh) would then find no .carry/gsm8k (session 13 lost one so)
+DATA=${DATA:-/tmp/carry/gsm8k}
+[ -d "$DATA" ] || DATA=.carry/gsm8k
 declare -A SETS=(
   [base]=""
   [onpolicy]="rollout.overlap=false"
@@ -43,7 +47,7 @@ for V in ${VARIANTS:-base fit24 saver overlap}; do
   if [ -z "${SETS[$V]+x}" ]; then echo "unknown variant $V (valid: ${!SETS[*]})"; continue; fi
   LEFT=$((BUDGET - SECONDS))
   if [ "$LEFT" -lt "$MIN_LEFT" ]; then echo "== $V: skipped, ${LEFT}s left"; continue; fi
-  ARGS=(--set "trial_name=$V" --set "output_dir=$ROOT/runs" --set "trainer.max_steps=$STEPS" "${SHAPE_SET[@]}")
+  ARGS=(--set "trial_name=$V" --set "output_dir=$ROOT/runs" --set "trainer.max_steps=$STEPS" --set "data.path=$DATA" "${SHAPE_SET[@]}")
   for kv in ${SETS[$V]}; do ARGS+=(--set "$kv"); done
   echo "== $V: ${SETS[$V]:-defaults} ($LEFT s left)"
   timeout -k 10 $((LEFT - 20)) python bench/grpo_bench.py train --config bench/configs/random-0.5b.yaml "${ARGS[@]}" \
