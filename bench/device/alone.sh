@@ -31,8 +31,11 @@ start)
   #   trl-S     the same at S
   STEPS_=${ALONE_STEPS:-profile ours-L ours-S trl-L}
   set -- $STEPS_; first=${1:-}
+  # the chain runs from a copy of the tree that later calls' syncs do not touch (env.sh, tree_snapshot)
+  TREE=${ALONE_TREE:-/tmp/alone-tree}
+  tree_snapshot "$TREE" || { echo "[alone] could not copy the tree to $TREE" >&2; exit 1; }
   {
-    echo "cd \"$PWD\""
+    echo "cd \"$TREE\""
     echo "source bench/device/env.sh"
     echo "stamp() { echo \"\$(date +%s) \$(date -u +%H:%M:%S) \$*\" >> \"$A/timeline.txt\"; }"
     for st in $STEPS_; do

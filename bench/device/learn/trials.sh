@@ -54,7 +54,10 @@ settle() {  # settle PATTERN FILE: until FILE holds PATTERN or STAGGER_S pass
   echo "[trials] after $((STAGGER_S - end + SECONDS)) s: $(grep -m1 -o -- "$1.*" "$2" 2>/dev/null | cut -c1-60)"
 }
 
+# every chain runs from a copy of the tree that later calls' syncs do not touch (env.sh, tree_snapshot)
+TREE=${TRIALS_TREE:-/tmp/trials-tree}
 detach() {  # detach NAME SCRIPT: run SCRIPT in its own session; its log in $T/NAME/chain.log
+  tree_snapshot "$TREE" || { echo "[trials] could not copy the tree to $TREE" >&2; exit 1; }
   mkdir -p "$T/$1"
   printf '%s\n' "$2" > "$T/$1/chain.sh"
   setsid bash "$T/$1/chain.sh" > "$T/$1/chain.log" 2>&1 < /dev/null &
@@ -71,7 +74,7 @@ start)
   D=$T/$NAME
   mkdir -p "$D"
   printf '%s\n' "$PRESET $SEED $SHARE_SET $*" > "$D/settings.txt"
-  detach "$NAME" "cd $PWD
+  detach "$NAME" "cd $TREE
 source bench/device/env.sh
 t0=\$SECONDS
 $PY -m gsm8k_grpo train --preset $PRESET --config $LEARN_CONFIG --set model.path=$MODEL --set output_dir=$D/runs ${sets[*]} > $D/train.out 2>&1
@@ -87,7 +90,7 @@ echo \"eval rc=\$? wall \$((SECONDS - t0)) s\" > $D/done"
 baseline)
   need_model || exit 1
   D=$T/baseline
-  detach baseline "cd $PWD
+  detach baseline "cd $TREE
 source bench/device/env.sh
 t0=\$SECONDS
 $PY -m gsm8k_grpo eval --model $MODEL $EVAL_SET --engine $EVAL_ENGINE --config $EVAL_CONFIG --data $DATA \
@@ -98,7 +101,7 @@ echo \"eval rc=\$? wall \$((SECONDS - t0)) s\" > $D/done"
 hub)
   D=$T/hub
   mkdir -p "$D"
-  detach hub "cd $PWD
+  detach hub "cd $TREE
 OUT=$D TRAIN_TIMEOUT=900 EXTRA_SET='$SHARE_SET' bash bench/device/hub_id.sh > $D/hub.out 2>&1
 echo \"hub rc=\$?\" > $D/done"
   ;;
@@ -112,7 +115,7 @@ cards)  # issue 22: the 8, 12, 16 and 24 GiB cards for the 630M Coder model, one
   mkdir -p "$D"
   C="$PY bench/device/cards.py --out $D --model $MODEL --config $LEARN_CONFIG"
   LORA="lora.rank=16 lora.alpha=32 optimizer.lr=2e-5"
-  detach cards "cd $PWD
+  detach cards "cd $TREE
 source bench/device/env.sh
 $C full20 20GiB
 $C lora10 10GiB $LORA
