@@ -7,7 +7,9 @@
 # device command which started it (setsid); later commands poll it while the machine stays warm.
 #
 #   bash bench/device/learn/trials.sh start NAME PRESET SEED [KEY=VALUE ...]   returns after its step 1
-#   bash bench/device/learn/trials.sh baseline       the base model on the whole test split (returns when done)
+#   bash bench/device/learn/trials.sh baseline [NAME [KEY=VALUE ...]]   the base model on the whole test split
+#                                                    (returns when done); KEY=VALUE: a prompt (data.instruction,
+#                                                    data.system_prompt), which a trial's eval also takes from its own
 #   bash bench/device/learn/trials.sh hub            bench/device/hub_id.sh (issue 17), detached
 #   bash bench/device/learn/trials.sh cards          the consumer-card chain (bench/device/cards.py), detached
 #   bash bench/device/learn/trials.sh watch          bench/device/gpuwatch.py, detached: each trial's NVML peak
@@ -64,36 +66,62 @@ detach() {  # detach NAME SCRIPT: run SCRIPT in its own session; its log in $T/N
   echo "[trials] $1 started (pid $!)"
 }
 
+# eval_config DIR [KEY=VALUE ...]: the config a trial's (or a baseline's) eval reads: $EVAL_CONFIG, plus the
+# prompt settings among KEY=VALUE (data.instruction, data.system_prompt), written to DIR/eval.yaml, so that a
+# prompt-format trial is scored with the prompt it trained on, as `grpo eval --checkpoint` does by default
+# with the run's own config. Values are read as `grpo train --set` reads them (config.parse_set).
+eval_config() {
+  local dir=$1 kv prompt=(); shift
+  for kv in "$@"; do case $kv in data.instruction=*|data.system_prompt=*) prompt+=("$kv") ;; esac; done
+  [ ${#prompt[@]} = 0 ] && { echo "$EVAL_CONFIG"; return 0; }
+  mkdir -p "$dir"
+  PYTHONPATH="$PWD/src:${PYTHONPATH:-}" "$PY" - "$EVAL_CONFIG" "$dir/eval.yaml" "${prompt[@]}" <<'PYEOF' || return 1
+import sys
+import yaml
+from gsm8k_grpo.config import parse_set
+src, dst, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
+cfg = yaml.safe_load(open(src)) or {}
+for kv in pairs:
+    cfg.setdefault("data", {}).update(parse_set(kv)["data"])
+with open(dst, "w") as f:
+    yaml.safe_dump(cfg, f, sort_keys=False)
+PYEOF
+  echo "$dir/eval.yaml"
+}
+
 case "${1:-}" in
 start)
   NAME=${2:?NAME}; PRESET=${3:?PRESET}; SEED=${4:?SEED}; shift 4
   need_model || exit 1
   sets=()
-  # shellcheck disable=SC2206  # word lists on purpose
+  # shellcheck disable=SC2206  # SHARE_SET is a word list on purpose; the trial's own KEY=VALUEs keep their spaces
   for kv in $SHARE_SET "seed=$SEED" "$@"; do sets+=(--set "$kv"); done
   D=$T/$NAME
   mkdir -p "$D"
   printf '%s\n' "$PRESET $SEED $SHARE_SET $*" > "$D/settings.txt"
+  ECONF=$(eval_config "$D" "$@") || { echo "[trials] $NAME: could not write its eval config" >&2; exit 1; }
   detach "$NAME" "cd $TREE
 source bench/device/env.sh
 t0=\$SECONDS
-$PY -m gsm8k_grpo train --preset $PRESET --config $LEARN_CONFIG --set model.path=$MODEL --set output_dir=$D/runs ${sets[*]} > $D/train.out 2>&1
+$PY -m gsm8k_grpo train --preset $PRESET --config $LEARN_CONFIG --set model.path=$MODEL --set output_dir=$D/runs$(printf ' %q' "${sets[@]}") > $D/train.out 2>&1
 echo \"train rc=\$? wall \$((SECONDS - t0)) s\" > $D/train.rc
 FINAL=\$(sed -n 's/^final checkpoint: //p' $D/train.out)
 [ -n \"\$FINAL\" ] || { echo 'no final checkpoint' > $D/done; exit 1; }
 t0=\$SECONDS
-$PY -m gsm8k_grpo eval --checkpoint \"\$FINAL\" $EVAL_SET --engine $EVAL_ENGINE --config $EVAL_CONFIG --data $DATA \
+$PY -m gsm8k_grpo eval --checkpoint \"\$FINAL\" $EVAL_SET --engine $EVAL_ENGINE --config $ECONF --data $DATA \
   --output $D/final_rows.jsonl --json > $D/final.json 2> $D/final.log
 echo \"eval rc=\$? wall \$((SECONDS - t0)) s\" > $D/done"
   settle "step 1/" "$D/train.out"
   ;;
-baseline)
+baseline)  # baseline [NAME [KEY=VALUE ...]]: NAME (default baseline) under the prompt that KEY=VALUE set
   need_model || exit 1
-  D=$T/baseline
-  detach baseline "cd $TREE
+  BNAME=${2:-baseline}; shift $(( $# < 2 ? $# : 2 ))
+  D=$T/$BNAME
+  ECONF=$(eval_config "$D" "$@") || { echo "[trials] $BNAME: could not write its eval config" >&2; exit 1; }
+  detach "$BNAME" "cd $TREE
 source bench/device/env.sh
 t0=\$SECONDS
-$PY -m gsm8k_grpo eval --model $MODEL $EVAL_SET --engine $EVAL_ENGINE --config $EVAL_CONFIG --data $DATA \
+$PY -m gsm8k_grpo eval --model $MODEL $EVAL_SET --engine $EVAL_ENGINE --config $ECONF --data $DATA \
   --output $D/baseline_rows.jsonl --json > $D/baseline.json 2> $D/baseline.log
 echo \"eval rc=\$? wall \$((SECONDS - t0)) s\" > $D/done"
   settle "eval rc" "$D/done"
