@@ -184,7 +184,7 @@ wait)
   [ -f "$T/gpuwatch.json" ] && head -c 3000 "$T/gpuwatch.json" | tr -s ' \n' ' ' && echo
   (cd "$T" && { ls gpuwatch.json gpuwatch.log 2>/dev/null; for d in */; do
      ls "$d"runs/*/*/metrics.jsonl "$d"runs/*/*/train.log "$d"runs/*/*/config.yaml 2>/dev/null
-     ls "$d"*.json "$d"*.jsonl "$d"*.log "$d"*.out "$d"*.txt "$d"*.rc "$d"done "$d"*/*/*/metrics.jsonl 2>/dev/null
+     ls "$d"*.json "$d"*.jsonl "$d"*.yaml "$d"*.log "$d"*.out "$d"*.txt "$d"*.rc "$d"done "$d"*/*/*/metrics.jsonl 2>/dev/null
    done; } | tar -czf "$OUT/trials.tgz" -T - 2>/dev/null)
   ls -la "$OUT/trials.tgz"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   ;;
