@@ -189,12 +189,19 @@ def test_gpu_memory_limit_caps_both_processes(qwen):
     assert alone.rollout == fitted.rollout and caps1.trainer_bytes == pytest.approx(limit - memory.CONTEXT)
 
 
-def test_small_cards_get_decode_graphs_for_a_whole_step(qwen):
-    # SGLang's default below 35 GiB is 8 or 24; a 1hour step decodes 8 x 8 sequences at once
-    assert memory.graph_args(cfg_of(), 12 * GIB) == ["--cuda-graph-max-bs", "64"]
-    assert memory.graph_args(cfg_of(), 24 * GIB) == ["--cuda-graph-max-bs", "64"]
+def test_small_cards_get_decode_graphs_and_a_request_bound_for_a_whole_step(qwen):
+    # SGLang's default below 35 GiB is 8 or 24 graphs and 2,048 running requests; a 1hour step decodes
+    # 8 x 8 sequences at once, so an in-run eval of more questions queues them
+    step = ["--cuda-graph-max-bs", "64", "--max-running-requests", "64"]
+    assert memory.graph_args(cfg_of(), 12 * GIB) == step
+    assert memory.graph_args(cfg_of(), 24 * GIB) == step
+    assert memory.graph_args(cfg_of("algorithm.oversample=2"), 24 * GIB) == [
+        "--cuda-graph-max-bs", "128", "--max-running-requests", "128"]  # the extra prompts are generated too
     assert memory.graph_args(cfg_of(), H100) == []
-    assert memory.graph_args(cfg_of("rollout.server_args=[--cuda-graph-max-bs, 16]"), 12 * GIB) == []
+    assert memory.graph_args(cfg_of("rollout.server_args=[--cuda-graph-max-bs, 16]"), 12 * GIB) == [
+        "--max-running-requests", "64"]
+    assert memory.graph_args(cfg_of("rollout.server_args=[--max-running-requests=32]"), 12 * GIB) == [
+        "--cuda-graph-max-bs", "64"]
 
 
 def test_a_run_that_cannot_fit_is_refused_with_what_to_change(qwen):
@@ -274,7 +281,8 @@ def test_the_recipe_applies_the_limit_and_refuses_before_loading(monkeypatch):
 
     cfg = fit("trainer.gpu_memory_limit=12GiB", "lora.rank=16")
     args = cfg.rollout.server_args
-    assert args[:2] == ["--cuda-graph-max-bs", "64"] and args[2] == "--max-total-tokens"
+    assert args[:4] == ["--cuda-graph-max-bs", "64", "--max-running-requests", "64"]
+    assert args[4] == "--max-total-tokens"
     assert cfg.rollout.mem_fraction == memory.LIMITED_STATIC_FRACTION
     assert len(caps) == 1 and caps[0] * H200 < 12 * GIB
     with pytest.raises(ConfigError) as e:
@@ -301,7 +309,8 @@ def test_the_users_own_server_pool_and_flags_are_kept_under_a_limit(qwen):
     capped, caps = memory.cap(qwen, fitted, H100, 24 * GIB, est, shared=True)
     assert capped.rollout.server_args == fitted.rollout.server_args and caps.kv_tokens == 50000
     assert capped.rollout.mem_fraction == fitted.rollout.mem_fraction
-    assert memory.graph_args(cfg_of("rollout.server_args=[--cuda-graph-max-bs=16]"), 12 * GIB) == []
+    assert memory.graph_args(cfg_of("rollout.server_args=[--cuda-graph-max-bs=16]"), 12 * GIB) == [
+        "--max-running-requests", "64"]
 
 
 def test_the_memory_saver_counts_the_larger_phase_not_the_sum(qwen):
