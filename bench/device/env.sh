@@ -27,8 +27,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 # tree_snapshot DIR: a copy of this tree (src/, bench/, presets/, ...; not .whl, .carry, .git or .venv) for a
 # detached chain to run from. Every device call re-syncs the working tree, so a python that a detached
 # chain starts during a later call can find half a tree: session 14's chain lost its base run to
-# "No module named 'gsm8k_grpo.memory'" so (variants_bg.sh's /tmp/vrepo copy had the same cause).
-# Made once per DIR and kept: the tree does not change within a hold.
+# "No module named 'gsm8k_grpo.memory'" so. alone.sh, learn/trials.sh and variants_bg.sh run from one.
+# Made once per DIR and kept: the tree does not change within a hold (variants_bg.sh removes its DIR first).
 tree_snapshot() {
   [ -f "$1/.complete" ] && return 0
   rm -rf "$1" && mkdir -p "$1" &&

@@ -8,13 +8,13 @@
 # Budget the wait: on 2026-11-27 "base fit24 saver" needed more than 420 s after a 50 s head start
 # (the first SGLang start on a fresh machine compiles for ~80 s more), and the killed run returned nothing
 # but stdout, because this copy of files/ did not exist yet.
-# start copies src/ and bench/ to /tmp/vrepo first: the repo copy of a command can be replaced by the
+# start copies the tree to /tmp/vrepo first (env.sh's tree_snapshot): the repo copy of a command can be replaced by the
 # next command's, and the background job must not import from a tree that changes under it.
 source bench/device/env.sh || exit 1
 V=/tmp/vrepo
 case "${1:-}" in
 start)
-  rm -rf "$V" /tmp/vout && mkdir -p "$V" /tmp/vout && cp -r src bench "$V/"
+  rm -rf "$V" /tmp/vout && mkdir -p /tmp/vout && tree_snapshot "$V"
   setsid nohup bash -c "cd $V && OUT=/tmp/vout VARIANTS='${VARIANTS:-base fit24 saver}' STEPS=${STEPS:-8} \
     BUDGET=${BUDGET:-660} bash bench/device/variants.sh; touch /tmp/vout/.done" > /tmp/vout/stdout.log 2>&1 < /dev/null &
   echo $! > /tmp/vrepo.pid
