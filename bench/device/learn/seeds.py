@@ -10,7 +10,7 @@ Per trial: full-test strict and lenient accuracy, the paired gain over the base 
 questions fixed/broken, exact McNemar p), steps, median step time and the training wall clock.
 Per configuration: the mean gain over its seeds and their spread (min–max; the sample standard
 deviation when there are >= 2). Against the reference configuration: the paired comparison of seed k
-against the reference's seed k (same questions), and all seed pairs together (pooled_difference).
+against the reference's seed k (same questions; seeds from settings.txt), and all seed pairs together (pooled_difference).
 Standard library plus report.py.
 """
 
@@ -39,7 +39,23 @@ def trial(folder: Path, base: dict, notes: list[str]) -> dict | None:
     return {"name": folder.name, "summary": R.rows_summary(q), "q": q, "gain": R.paired(base, q, "strict"),
             "steps": len(metrics), "opt_steps": sum(m.get("optimizer_steps", 0) for m in metrics),
             "step_s": R.median(steps), "wall": wall, "settings": settings,
-            "nonfinite": sum(m.get("nonfinite_steps", 0) for m in metrics)}
+            "nonfinite": sum(m.get("nonfinite_steps", 0) for m in metrics), "seed": seed_of(settings)}
+
+
+def seed_of(settings: str) -> str | None:
+    """The seed in trials.sh's settings.txt ("PRESET SEED SETTINGS..."), or None."""
+    words = settings.split()
+    return words[1] if len(words) > 1 and words[1].isdigit() else None
+
+
+def seed_pairs(ts: list[dict], ref: list[dict]) -> list[tuple[dict, dict]]:
+    """Each trial with the reference trial of the same seed (settings.txt), so a configuration whose seed 0
+    has no final score still pairs its seed 1 with the reference's seed 1; trials without a known seed
+    pair by position."""
+    by_seed = {r["seed"]: r for r in ref if r.get("seed") is not None}
+    if by_seed and all(t.get("seed") is not None for t in ts):
+        return [(t, by_seed[t["seed"]]) for t in ts if t["seed"] in by_seed]
+    return list(zip(ts, ref))
 
 
 def spread(xs: list[float]) -> str:
@@ -107,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         for label, ts in groups.items():
             if label == ref:
                 continue
-            for t, r in zip(ts, groups[ref]):
+            pairs = seed_pairs(ts, groups[ref])
+            for t, r in pairs:
                 p = R.paired(r["q"], t["q"], "strict")
                 lines.append(f"- {label} {t['name']} vs {r['name']}: {100 * p['delta']:+.1f} points "
                              f"({100 * p['ci95'][0]:+.1f} to {100 * p['ci95'][1]:+.1f}), "
                              f"{p['fixed']} fixed / {p['broken']} broken, McNemar p = {p['p']:.2g}")
-            pooled = pooled_difference(list(zip(ts, groups[ref])))
+            pooled = pooled_difference(pairs)
             if pooled:
                 lines.append(f"- {label} vs {ref}, all {pooled['pairs']} seed pairs together: "
                              f"{100 * pooled['delta']:+.1f} points ({100 * pooled['ci95'][0]:+.1f} to "
