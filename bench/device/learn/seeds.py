@@ -10,7 +10,8 @@ Per trial: full-test strict and lenient accuracy, the paired gain over the base 
 questions fixed/broken, exact McNemar p), steps, median step time and the training wall clock.
 Per configuration: the mean gain over its seeds and their spread (min–max; the sample standard
 deviation when there are >= 2). Against the reference configuration: the paired comparison of seed k
-against the reference's seed k (same questions; seeds from settings.txt), and all seed pairs together (pooled_difference).
+against the reference's seed k (same questions; seeds from settings.txt), and all seed pairs together
+(pooled_difference).
 Standard library plus report.py.
 """
 

@@ -163,6 +163,9 @@ until)  # until SECONDS PATTERN FILE: return once FILE holds PATTERN (e.g. the h
   grep -- "$3" "$4" 2>/dev/null || echo "[trials] no '$3' in $4 after $2 s"; tail -n 3 "$4" 2>/dev/null
   ;;
 wait)
+  # a reader that stops early (`trials.sh wait N | head`) must not kill the packing below: with SIGPIPE
+  # ignored a write to the closed pipe fails and the script goes on (session 15 lost a pack so)
+  trap '' PIPE
   deadline=$((SECONDS + ${2:-0}))
   while :; do
     pending=0
