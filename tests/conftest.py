@@ -3,6 +3,7 @@ shipped tokenizer/config, data is the shipped GSM8K sample or ../shared/data/gsm
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +18,15 @@ SHARED_GSM8K = SHARED / "data" / "gsm8k"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def load_script(relpath: str):
+    """A script under the repo (e.g. "bench/device/learn/seeds.py") imported as a module, for its functions."""
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def needs_shared():

@@ -2,18 +2,13 @@
 the same log-probs, entropies and gradients (its CUDA-only parts, the fp32-output matmul and the compiled
 gradient, are the GPU bench's to check)."""
 
-import importlib.util
-
 import pytest
 import torch
-from conftest import ROOT
+from conftest import load_script
 
 
 def fused_head():
-    spec = importlib.util.spec_from_file_location("fused_head", ROOT / "bench" / "fused_head.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/fused_head.py")
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -1,20 +1,12 @@
 """bench/device/learn/seeds.py (issue 20's mean-and-spread table) on synthetic trial folders."""
 
-import importlib.util
 import json
-import sys
 
-from conftest import ROOT
-
-LEARN = ROOT / "bench" / "device" / "learn"
+from conftest import load_script
 
 
 def load():
-    sys.path.insert(0, str(LEARN))
-    spec = importlib.util.spec_from_file_location("seeds", LEARN / "seeds.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/device/learn/seeds.py")   # it puts its folder on sys.path for report.py
 
 
 def rows(path, correct):

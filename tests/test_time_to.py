@@ -1,16 +1,12 @@
 """bench/device/learn/time_to.py (issue 21's time-to-accuracy row) on a synthetic run dir."""
 
-import importlib.util
 import json
 
-from conftest import ROOT
+from conftest import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("time_to", ROOT / "bench" / "device" / "learn" / "time_to.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/device/learn/time_to.py")
 
 
 def write_run(d, evals):
