@@ -14,6 +14,8 @@
 #   overlap  rollout.overlap=true (the next batch is generated during the update)
 #   compile  trainer.compile=true (torch.compile of each decoder layer; grpo train's micro-batches change length
 #            every step, so its recompiles count here, unlike in bench/profile_update.py's fixed shapes)
+#   oncompile rollout.overlap=false trainer.compile=true: the update alone on the GPU (nothing generates beside
+#            it), so its logged mfu is the update's own in grpo train (issue 21's MFU bar); compare with onpolicy
 #   idle     SGLang's --sleep-on-idle (its idle scheduler otherwise spins one CPU thread at 100 %; the
 #            update is launch-bound, bench/results/2026-11-27-h100-variants.md, so CPU may matter)
 # A variant is started only while BUDGET (default 540) seconds minus MIN_LEFT (default 150) remain.
@@ -41,6 +43,7 @@ declare -A SETS=(
   [saver]="rollout.enable_memory_saver=true"
   [overlap]="rollout.overlap=true"
   [compile]="trainer.compile=true"
+  [oncompile]="rollout.overlap=false trainer.compile=true"
   [idle]="rollout.server_args=[--attention-backend,triton,--sampling-backend,pytorch,--grammar-backend,none,--sleep-on-idle]"
 )
 for V in ${VARIANTS:-base fit24 saver overlap}; do
